@@ -1,0 +1,570 @@
+# Copyright 2026 The equirecon developers. Licensed under the Apache License, Version 2.0.
+"""PyTorch EquiRecon models.
+
+Wang et al., "Self-Supervised Learning Based on Transformed Image Reconstruction for Equivariance-Coherent Feature
+Representation", AAAI 2026. The encoder is a stock transformers ViT-family model; a per-token linear head splits its
+features into an invariant part (host SSL objective) and an equivariant part, from which K decoders reconstruct the
+images at intermediate points of the transformation linking the two views.
+
+Self-contained (torch, transformers and sibling modules only) so that it travels with `save_pretrained` as Hub
+custom code.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ImageClassifierOutput, SemanticSegmenterOutput
+from transformers.utils import ModelOutput
+
+from .configuration_equirecon import EquiReconConfig
+from .objectives import build_objective
+
+
+@dataclass
+class EquiReconModelOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+        Encoder output, prefix tokens (CLS, registers) first, then the patch tokens in raster order.
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        The CLS token of `last_hidden_state`.
+    invariant_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, d_patch - d_equi)`):
+        Per-token invariant part of the head, the part trained by the host SSL objective.
+    equivariant_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, d_equi)`):
+        Per-token equivariant part of the head, the part read by the reconstruction decoders.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        The encoder's hidden states (embeddings, then each layer).
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+        The encoder's attention weights (needs `attn_implementation="eager"`).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    invariant_embeds: torch.FloatTensor | None = None
+    equivariant_embeds: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class EquiReconForPreTrainingOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, returned when `return_loss=True`):
+        `ssl_loss + reconstruction_weight * reconstruction_loss`.
+    ssl_loss (`torch.FloatTensor` of shape `()`):
+        Host SSL objective on the pooled invariant features of the two views.
+    reconstruction_loss (`torch.FloatTensor` of shape `()`, returned when intermediate targets are given):
+        Masked mean squared error of the K reconstructions, averaged over the K decoders.
+    reconstructions (`torch.FloatTensor` of shape `(batch_size, K, 3, height, width)`, *optional*):
+        Decoder outputs, returned when `output_reconstructions=True`.
+    invariant_embeds (`torch.FloatTensor` of shape `(2, batch_size, d_patch - d_equi)`):
+        Pooled invariant features of the first and second view.
+    equivariant_embeds (`torch.FloatTensor` of shape `(2, batch_size, num_patches, d_equi)`):
+        Per-patch equivariant features of the first and second view.
+    hidden_states, attentions:
+        As in `EquiReconModelOutput`, for the two views stacked along the batch (first view first).
+    """
+
+    loss: torch.FloatTensor | None = None
+    ssl_loss: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    reconstructions: torch.FloatTensor | None = None
+    invariant_embeds: torch.FloatTensor | None = None
+    equivariant_embeds: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def _accepts_argument(module: nn.Module, name: str) -> bool:
+    return name in inspect.signature(module.forward).parameters
+
+
+def build_backbone(config: EquiReconConfig) -> PreTrainedModel:
+    """The transformers encoder described by `config.backbone_config`, without a pooling head (EquiRecon pools the
+    CLS token itself; an unused pooler would only idle under DDP)."""
+    model_class = AutoModel._model_mapping[type(config.backbone_config)]
+    kwargs = (
+        {"add_pooling_layer": False}
+        if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+        else {}
+    )
+    return model_class(config.backbone_config, **kwargs)
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error over the valid pixels only (`mask` is 1 where a pixel is valid, broadcast over channels)."""
+    squared_error = (prediction.float() - target.float()).pow(2)
+    if mask is None:
+        return squared_error.mean()
+    mask = mask.to(squared_error.dtype).expand_as(squared_error)
+    return (squared_error * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class EquiReconPreTrainedModel(PreTrainedModel):
+    config_class = EquiReconConfig
+    config: EquiReconConfig
+    base_model_prefix = "equirecon"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["EquiReconDecoder"]
+    _supports_sdpa = True
+    # Pretraining checkpoints carry the SSL head and decoders; the encoder and the downstream heads leave them out.
+    _keys_to_ignore_on_load_unexpected = [r"^ssl_objective\.", r"^decoders\."]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Truncated-normal linear and conv layers (as Dinov2), standard norms. The encoder is a sub-model and
+        initialises itself; there are no custom parameters or buffers here."""
+        super()._init_weights(module)
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+    @classmethod
+    def from_pretrained_backbone(
+        cls,
+        pretrained_model_name_or_path: str,
+        config: EquiReconConfig | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        **config_kwargs: Any,
+    ) -> EquiReconPreTrainedModel:
+        """Build a model whose encoder starts from a pretrained transformers checkpoint (a DINOv2 or ViT repo id or
+        local directory) while the heads and decoders start fresh.
+
+        `config_kwargs` set the EquiRecon fields (`d_patch`, `d_equi`, ...); the backbone config is the checkpoint's.
+        Loading is strict: every encoder weight must come from the checkpoint.
+
+        Example:
+
+        ```python
+        >>> model = EquiReconForPreTraining.from_pretrained_backbone("facebook/dinov2-small", d_patch=512, d_equi=256)
+        ```"""
+        backbone = AutoModel.from_pretrained(pretrained_model_name_or_path, **(backbone_kwargs or {}))
+        if config is None:
+            config = EquiReconConfig(backbone_config=backbone.config, **config_kwargs)
+        else:
+            config.backbone_config = backbone.config
+        model = cls(config)
+        base = getattr(model, cls.base_model_prefix, model)
+        state = {k: v for k, v in backbone.state_dict().items() if not k.startswith("pooler.")}
+        base.backbone.load_state_dict(state, strict=True)
+        return model
+
+
+class EquiReconModel(EquiReconPreTrainedModel):
+    """The EquiRecon encoder: a ViT-family backbone and the per-token head splitting invariant and equivariant parts."""
+
+    def __init__(self, config: EquiReconConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config)
+        self.projection = nn.Linear(config.hidden_size, config.d_patch)
+        self._backbone_takes_interpolate = _accepts_argument(self.backbone, "interpolate_pos_encoding")
+        self.post_init()
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens: CLS, registers (Dinov2WithRegisters) and a distillation token (DeiT)."""
+        backbone_config = self.config.backbone_config
+        return 1 + getattr(backbone_config, "num_register_tokens", 0) + int(backbone_config.model_type == "deit")
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> EquiReconModelOutput | tuple:
+        r"""
+        interpolate_pos_encoding (`bool`, *optional*):
+            Resize the position embeddings to the input's patch grid, for images of another size than the
+            pretraining size. Dinov2 backbones always do.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        backbone_kwargs: dict[str, Any] = {}
+        if output_hidden_states is not None:
+            backbone_kwargs["output_hidden_states"] = output_hidden_states
+        if output_attentions is not None:
+            backbone_kwargs["output_attentions"] = output_attentions
+        if interpolate_pos_encoding is not None and self._backbone_takes_interpolate:
+            backbone_kwargs["interpolate_pos_encoding"] = interpolate_pos_encoding
+        outputs = self.backbone(pixel_values, **backbone_kwargs)
+        sequence_output = outputs.last_hidden_state
+        invariant, equivariant = self.projection(sequence_output).split(
+            [self.config.d_inv, self.config.d_equi], dim=-1
+        )
+        output = EquiReconModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=sequence_output[:, 0],
+            invariant_embeds=invariant,
+            equivariant_embeds=equivariant,
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class EquiReconDecoder(nn.Module):
+    """One intermediate-state decoder: a linear layer maps each token to its own p×p patch of C channels
+    (pixel-shuffled to the input resolution), then four 3×3 convolutions at full resolution produce RGB.
+
+    Each token writing its own patch keeps the receptive field local, so the decoder cannot reconstruct the
+    intermediate image by copying neighbouring pixels of the second view: it must be told θ by the encoder
+    (FINDINGS.md: an upsampling decoder let the encoder skip θ)."""
+
+    def __init__(self, config: EquiReconConfig):
+        super().__init__()
+        patch, channels, hidden = config.patch_size, config.decoder_patch_channels, config.decoder_hidden_channels
+        self.patch_size = patch
+        self.to_patches = nn.Linear(2 * config.d_equi, channels * patch * patch)
+        self.convs = nn.Sequential(
+            nn.Conv2d(channels, hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden, config.backbone_config.num_channels, 3, padding=1),
+        )
+
+    def forward(self, patch_features: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        """`patch_features` (B, h·w, 2·d_equi) in raster order → image (B, 3, h·p, w·p)."""
+        batch_size = patch_features.shape[0]
+        patches = self.to_patches(patch_features)  # (B, h·w, C·p·p)
+        patches = patches.transpose(1, 2).reshape(batch_size, -1, *grid_size)
+        return self.convs(F.pixel_shuffle(patches, self.patch_size))
+
+
+class EquiReconForPreTraining(EquiReconPreTrainedModel):
+    """EquiRecon pretraining: the host SSL objective on the invariant part and, unless `reconstruction_weight` is 0,
+    K decoders reconstructing the intermediate transformed images from both views' equivariant parts."""
+
+    def __init__(self, config: EquiReconConfig):
+        super().__init__(config)
+        self.equirecon = EquiReconModel(config)
+        self.ssl_objective = build_objective(config)
+        self.decoders = nn.ModuleList(
+            [EquiReconDecoder(config) for _ in range(config.num_intermediates)]
+            if config.reconstruction_weight > 0
+            else []
+        )
+        self.post_init()
+
+    def _pool_invariant(self, invariant: torch.Tensor, num_prefix: int) -> torch.Tensor:
+        if self.ssl_objective.pooling == "cls":
+            return invariant[:, 0]
+        return invariant[:, num_prefix:].mean(dim=1)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        transformed_pixel_values: torch.Tensor,
+        intermediate_pixel_values: torch.Tensor | None = None,
+        intermediate_mask: torch.Tensor | None = None,
+        return_loss: bool = True,
+        output_reconstructions: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> EquiReconForPreTrainingOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+            The first view v1 = A1(I).
+        transformed_pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+            The second view v2 = g_θ(A2(I)).
+        intermediate_pixel_values (`torch.FloatTensor` of shape `(batch_size, K, 3, height, width)`, *optional*):
+            Targets u_k = g_{kθ/(K+1)}(A2(I)), k = 1..K, in the model's input space. Needed for the reconstruction
+            loss; without them only the SSL loss is computed.
+        intermediate_mask (`torch.FloatTensor` broadcastable to `(batch_size, K, 1, height, width)`, *optional*):
+            1 where a target pixel is valid, 0 where a geometric transformation moved it in from outside the image.
+        return_loss (`bool`, *optional*, defaults to `True`):
+            Compute the losses. Trainer relies on this flag to report an evaluation loss without labels.
+        output_reconstructions (`bool`, *optional*, defaults to `False`):
+            Return the decoders' outputs.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if pixel_values.shape != transformed_pixel_values.shape:
+            raise ValueError(
+                f"`pixel_values` {tuple(pixel_values.shape)} and `transformed_pixel_values` "
+                f"{tuple(transformed_pixel_values.shape)} must have the same shape (both views at one size)."
+            )
+        batch_size, _, height, width = pixel_values.shape
+        patch = self.config.patch_size
+        if height % patch or width % patch:
+            raise ValueError(f"Image size {height}×{width} must be a multiple of the patch size {patch}.")
+        grid_size = (height // patch, width // patch)
+
+        # Both views in one encoder call: one pass over the weights, and batch statistics stay per view in the heads.
+        outputs = self.equirecon(
+            torch.cat([pixel_values, transformed_pixel_values], dim=0),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        num_prefix = outputs.invariant_embeds.shape[1] - grid_size[0] * grid_size[1]
+        pooled_invariant = self._pool_invariant(outputs.invariant_embeds, num_prefix).unflatten(0, (2, batch_size))
+        equivariant = outputs.equivariant_embeds[:, num_prefix:].unflatten(0, (2, batch_size))
+
+        ssl_loss = reconstruction_loss = loss = None
+        if return_loss:
+            ssl_loss, _ = self.ssl_objective(pooled_invariant[0], pooled_invariant[1])
+            loss = ssl_loss
+
+        reconstructions = None
+        wants_reconstruction = output_reconstructions or (return_loss and intermediate_pixel_values is not None)
+        if wants_reconstruction and len(self.decoders) > 0:
+            decoder_input = torch.cat([equivariant[0], equivariant[1]], dim=-1)
+            reconstructions = torch.stack([decoder(decoder_input, grid_size) for decoder in self.decoders], dim=1)
+            if return_loss and intermediate_pixel_values is not None:
+                expected = (batch_size, len(self.decoders), 3, height, width)
+                if tuple(intermediate_pixel_values.shape) != expected:
+                    raise ValueError(
+                        f"`intermediate_pixel_values` has shape {tuple(intermediate_pixel_values.shape)}, expected "
+                        f"{expected} (batch, K=num_intermediates, channels, height, width)."
+                    )
+                reconstruction_loss = masked_mse(reconstructions, intermediate_pixel_values, intermediate_mask)
+                loss = ssl_loss + self.config.reconstruction_weight * reconstruction_loss
+
+        output = EquiReconForPreTrainingOutput(
+            loss=loss,
+            ssl_loss=ssl_loss,
+            reconstruction_loss=reconstruction_loss,
+            reconstructions=reconstructions if output_reconstructions else None,
+            invariant_embeds=pooled_invariant,
+            equivariant_embeds=equivariant,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class EquiReconDownstreamModel(EquiReconPreTrainedModel):
+    """Shared behaviour of the fine-tuning heads: they load the encoder of any EquiRecon checkpoint (pretraining
+    decoders and SSL heads are dropped silently) and can freeze it for probing."""
+
+    def freeze_backbone(self, freeze: bool = True) -> None:
+        """Stop (or restart) gradients to the encoder, e.g. for a linear probe; also recorded in the config."""
+        self.config.freeze_backbone = freeze
+        self.equirecon.requires_grad_(not freeze)
+
+    def _encode(self, pixel_values: torch.Tensor, **kwargs: Any) -> EquiReconModelOutput:
+        return self.equirecon(pixel_values, return_dict=True, **kwargs)
+
+
+class EquiReconForImageClassification(EquiReconDownstreamModel):
+    """EquiRecon encoder with a linear classifier on the CLS token concatenated with the mean patch token, the
+    DINOv2 linear-evaluation recipe (as `Dinov2ForImageClassification`)."""
+
+    def __init__(self, config: EquiReconConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.equirecon = EquiReconModel(config)
+        self.classifier = (
+            nn.Linear(2 * config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
+        self.post_init()
+        if config.freeze_backbone:
+            self.freeze_backbone()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ImageClassifierOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor` of shape
+        `(batch_size, num_labels)`, *optional*):
+            Class indices (single-label), multi-hot targets (multi-label) or values (`num_labels == 1`: regression).
+            The loss follows `config.problem_type`, inferred from the labels when unset.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self._encode(
+            pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        sequence_output = outputs.last_hidden_state
+        patch_tokens = sequence_output[:, self.equirecon.num_prefix_tokens :]
+        logits = self.classifier(torch.cat([sequence_output[:, 0], patch_tokens.mean(dim=1)], dim=-1))
+
+        loss = None
+        if labels is not None:
+            loss = self._classification_loss(logits, labels.to(logits.device))
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class EquiReconLinearSegmentationHead(nn.Module):
+    """The DINOv2 linear protocol: BatchNorm and a 1×1 convolution on the last layer's patch grid."""
+
+    def __init__(self, config: EquiReconConfig):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(config.hidden_size)
+        self.classifier = nn.Conv2d(config.hidden_size, config.num_labels, kernel_size=1)
+
+    def forward(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.norm(feature_maps[-1]))
+
+
+class EquiReconFeaturePyramid(nn.Module):
+    """A ViT's single-scale maps turned into a 4-level pyramid (×4, ×2, ×1, ×½), as BEiT and ViTDet do for UPerNet."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.up4 = nn.Sequential(
+            nn.ConvTranspose2d(hidden_size, hidden_size, kernel_size=2, stride=2),
+            nn.BatchNorm2d(hidden_size),
+            nn.GELU(),
+            nn.ConvTranspose2d(hidden_size, hidden_size, kernel_size=2, stride=2),
+        )
+        self.up2 = nn.ConvTranspose2d(hidden_size, hidden_size, kernel_size=2, stride=2)
+        self.down2 = nn.MaxPool2d(kernel_size=2, stride=2)
+
+    def forward(self, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.up4(feature_maps[0]), self.up2(feature_maps[1]), feature_maps[2], self.down2(feature_maps[3])]
+
+
+class EquiReconUperNetSegmentationHead(nn.Module):
+    """UPerNet (pyramid pooling + FPN) over a pyramid built from four encoder layers; transformers' UperNet modules
+    do the head itself."""
+
+    def __init__(self, config: EquiReconConfig):
+        super().__init__()
+        from types import SimpleNamespace
+
+        from transformers.models.upernet.modeling_upernet import UperNetFCNHead, UperNetHead
+
+        head_config = SimpleNamespace(
+            pool_scales=tuple(config.pool_scales),
+            hidden_size=config.segmentation_channels,
+            num_labels=config.num_labels,
+            auxiliary_in_channels=None,
+            auxiliary_channels=config.auxiliary_channels,
+            auxiliary_num_convs=1,
+            auxiliary_concat_input=False,
+        )
+        in_channels = [config.hidden_size] * 4
+        self.pyramid = EquiReconFeaturePyramid(config.hidden_size)
+        self.decode_head = UperNetHead(head_config, in_channels=in_channels)
+        self.auxiliary_head = (
+            UperNetFCNHead(head_config, in_channels=in_channels, in_index=2) if config.use_auxiliary_head else None
+        )
+
+    def forward(self, feature_maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pyramid = self.pyramid(feature_maps)
+        auxiliary = self.auxiliary_head(pyramid) if self.auxiliary_head is not None and self.training else None
+        return self.decode_head(pyramid), auxiliary
+
+
+class EquiReconForSemanticSegmentation(EquiReconDownstreamModel):
+    """EquiRecon encoder with a linear or UPerNet segmentation head (`config.segmentation_head`). Logits come at the
+    head's resolution; the loss upsamples them to the label size and ignores `semantic_loss_ignore_index`."""
+
+    def __init__(self, config: EquiReconConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.equirecon = EquiReconModel(config)
+        if config.segmentation_head == "linear":
+            self.head = EquiReconLinearSegmentationHead(config)
+        else:
+            self.head = EquiReconUperNetSegmentationHead(config)
+        self.post_init()
+        if config.freeze_backbone:
+            self.freeze_backbone()
+
+    def _feature_maps(self, outputs: EquiReconModelOutput, grid_size: tuple[int, int]) -> list[torch.Tensor]:
+        """Patch tokens of the layers the head reads, as (B, hidden, h, w) maps."""
+        if self.config.segmentation_head == "linear":
+            states = [outputs.last_hidden_state]
+        else:
+            states = [outputs.hidden_states[i] for i in self.config.segmentation_out_indices]
+        num_prefix = self.equirecon.num_prefix_tokens
+        return [s[:, num_prefix:].transpose(1, 2).reshape(s.shape[0], -1, *grid_size) for s in states]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SemanticSegmenterOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+            Class index per pixel; `config.semantic_loss_ignore_index` (255) marks pixels left out of the loss.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None and self.num_labels < 2:
+            raise ValueError(f"Semantic segmentation needs num_labels >= 2, got {self.num_labels}.")
+        needs_layers = self.config.segmentation_head == "upernet"
+        outputs = self._encode(
+            pixel_values,
+            output_hidden_states=True if needs_layers else output_hidden_states,
+            output_attentions=output_attentions,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        patch = self.config.patch_size
+        grid_size = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        feature_maps = self._feature_maps(outputs, grid_size)
+        logits, auxiliary_logits = (self.head(feature_maps), None) if not needs_layers else self.head(feature_maps)
+
+        loss = None
+        if labels is not None:
+            loss = self._segmentation_loss(logits, labels)
+            if auxiliary_logits is not None:
+                loss = loss + self.config.auxiliary_loss_weight * self._segmentation_loss(auxiliary_logits, labels)
+        output = SemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _segmentation_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(
+            upsampled, labels.to(upsampled.device).long(), ignore_index=self.config.semantic_loss_ignore_index
+        )
+
+
+__all__ = [
+    "EquiReconForImageClassification",
+    "EquiReconForPreTraining",
+    "EquiReconForSemanticSegmentation",
+    "EquiReconModel",
+    "EquiReconPreTrainedModel",
+]

@@ -1,0 +1,92 @@
+import pytest
+from model_helpers import TINY_BACKBONE, tiny_config
+from transformers import AutoConfig, ViTConfig
+
+from equirecon import PRESETS, EquiReconConfig
+from equirecon.modeling.configuration_equirecon import SSL_OBJECTIVES
+from equirecon.modeling.objectives import build_objective
+
+
+def test_default_is_vit_s16_dinov2():
+    config = EquiReconConfig()
+    assert config.backbone_config.model_type == "dinov2"
+    assert (config.hidden_size, config.patch_size, config.image_size) == (384, 16, 224)
+    assert (config.d_patch, config.d_equi, config.d_inv) == (512, 256, 256)
+    assert config.num_intermediates == 2 and config.reconstruction_weight == 1.0
+
+
+def test_presets_match_the_paper():
+    vicreg = EquiReconConfig.from_preset("vicreg-vit-s16")
+    assert (vicreg.d_patch, vicreg.d_equi, vicreg.ssl_objective) == (512, 256, "vicreg")
+    assert (vicreg.vicreg_sim_coeff, vicreg.vicreg_std_coeff, vicreg.vicreg_cov_coeff) == (10, 10, 1)
+    assert vicreg.vicreg_expander_dims == [2048, 2048, 2048]
+    assert EquiReconConfig.from_preset("simclr-vit-s16").ssl_objective == "simclr"
+    tiny = EquiReconConfig.from_preset("tiny", d_equi=64)
+    assert tiny.image_size == 64 and tiny.d_equi == 64
+    with pytest.raises(ValueError, match="Unknown preset 'nope'"):
+        EquiReconConfig.from_preset("nope")
+    assert set(PRESETS) >= {"vicreg-vit-s16", "simclr-vit-s16", "tiny"}
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    config = tiny_config(transformation={"family": "rotation", "rotation_range": [-30, 30]})
+    config.save_pretrained(tmp_path)
+    reloaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(reloaded, EquiReconConfig)
+    assert reloaded.to_diff_dict() == config.to_diff_dict()
+    assert reloaded.transformation == {"family": "rotation", "rotation_range": [-30, 30]}
+    assert reloaded.backbone_config.hidden_size == 32
+
+
+def test_any_vit_family_backbone_is_accepted():
+    config = EquiReconConfig(
+        backbone_config=ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        ),
+        d_patch=16,
+        d_equi=4,
+    )
+    assert config.backbone_config.model_type == "vit"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"d_equi": 16}, r"`d_equi` must be an integer in \[1, d_patch\) = \[1, 16\)"),
+        ({"d_equi": 0}, r"`d_equi` must be an integer in \[1, d_patch\)"),
+        ({"d_patch": 1, "d_equi": 1}, r"`d_patch` must be an integer >= 2"),
+        ({"num_intermediates": 0}, r"`num_intermediates` \(K\) must be an integer >= 1"),
+        ({"reconstruction_weight": -1.0}, r"`reconstruction_weight` \(λ\) must be >= 0"),
+        ({"ssl_objective": "byol"}, r"`ssl_objective` must be one of \('vicreg', 'simclr'\), got 'byol'"),
+        ({"vicreg_std_coeff": -1.0}, r"`vicreg_std_coeff` must be >= 0"),
+        ({"simclr_temperature": 0.0}, r"`simclr_temperature` must be > 0"),
+        ({"vicreg_expander_dims": []}, r"`vicreg_expander_dims` must be a non-empty list"),
+        ({"decoder_hidden_channels": 0}, r"`decoder_hidden_channels` must be a positive integer"),
+        ({"segmentation_head": "fcn"}, r"`segmentation_head` must be one of \('linear', 'upernet'\)"),
+        ({"out_indices": [1, 2]}, r"`out_indices` must be 4 hidden-state indices in \[0, 2\]"),
+        ({"transformation": {"rotation_range": [0, 1]}}, r"`transformation` must name its 'family'"),
+        ({"backbone_config": {**TINY_BACKBONE, "image_size": 36}}, r"image_size` \(36\) must be a multiple of"),
+        ({"backbone_config": {"hidden_size": 32}}, r"has no 'model_type'"),
+        ({"backbone_config": {"model_type": "bert"}}, r"\(bert\) has no `patch_size`"),
+        ({"backbone_config": 3}, r"must be a transformers PretrainedConfig, a dict or None, got int"),
+    ],
+)
+def test_invalid_configurations_name_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_every_declared_objective_is_buildable():
+    for name in SSL_OBJECTIVES:
+        objective = build_objective(tiny_config(ssl_objective=name))
+        assert objective.pooling in ("mean_patch", "cls")
+
+
+def test_default_segmentation_layers_end_with_the_last():
+    assert EquiReconConfig().segmentation_out_indices == [3, 6, 9, 12]
+    assert tiny_config().segmentation_out_indices == [1, 1, 2, 2]
