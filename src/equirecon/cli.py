@@ -1,0 +1,46 @@
+"""The `equirecon` command: `pretrain`, `evaluate`, `finetune`, `model-card`.
+
+Each subcommand lives with its code and is imported only when used, so `equirecon --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+COMMANDS = {
+    "pretrain": (
+        "equirecon.training.pretrain",
+        "pretrain a model with EquiReconTrainer (default: tiny, embedded photos)",
+    ),
+    "evaluate": ("equirecon.evaluation.command", "equivariance R² benchmark, kNN and linear probes"),
+    "finetune": ("equirecon.training.finetune", "fine-tune or probe a classification / segmentation head"),
+    "model-card": ("equirecon.model_card", "(re)write the model card of a model directory"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: equirecon {" + ",".join(COMMANDS) + "} [arguments]", "", "commands:"]
+    lines += [f"  {name:<12}{help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += ["", "`equirecon COMMAND --help` describes a command's arguments."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, arguments = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"equirecon: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    # albumentations 2.0.8 checks PyPI for updates on import; keep runs offline and quiet.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    module = importlib.import_module(COMMANDS[command][0])
+    return module.main(arguments)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

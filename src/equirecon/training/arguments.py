@@ -1,0 +1,171 @@
+"""Arguments of `equirecon pretrain`, as dataclasses for `HfArgumentParser` (the run_mae layout: model, data,
+training)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from .transformations import FAMILIES, TransformationConfig
+from .views import VIEW_PRESETS
+
+
+@dataclass
+class ModelArguments:
+    """Which model to pretrain: a preset from the paper, an existing EquiRecon checkpoint to continue, or a
+    transformers encoder checkpoint to start from."""
+
+    preset: str = field(
+        default="tiny",
+        metadata={"help": "Named configuration (EquiReconConfig.from_preset): tiny, vicreg-vit-s16, ..."},
+    )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "An EquiRecon pretraining checkpoint (directory or Hub id) to continue from."}
+    )
+    backbone_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A transformers ViT/DINOv2 checkpoint to initialise the encoder from (heads start fresh)."},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated EquiReconConfig fields, e.g. 'd_patch=512,d_equi=256,ssl_objective=simclr'."
+        },
+    )
+    image_size: int | None = field(default=None, metadata={"help": "Pretraining image size (default: the preset's)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from model_name_or_path."})
+
+
+@dataclass
+class DataArguments:
+    """Where images come from. Anything `equirecon.training.data.load_images` reads: "embedded" (the photos that
+    ship with scikit-image and scikit-learn), a Hub dataset name, an image folder, Parquet files."""
+
+    dataset: str = field(
+        default="embedded", metadata={"help": "Dataset: 'embedded', a Hub name, a folder or Parquet."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    train_split: str = field(default="train", metadata={"help": "Split to pretrain on."})
+    validation_split: str | None = field(
+        default="validation", metadata={"help": "Held-out split for evaluation; None or missing: no evaluation."}
+    )
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: found automatically)."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the training split instead of downloading it."})
+    num_shards: int | None = field(
+        default=None, metadata={"help": "Shards for an in-memory dataset (parallel workers, multi-process split)."}
+    )
+    shuffle_buffer_size: int = field(default=1000, metadata={"help": "Shuffle buffer of the streamed dataset."})
+    max_eval_samples: int = field(default=256, metadata={"help": "Transform pairs in the fixed evaluation set."})
+
+
+@dataclass
+class EquiReconTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the method's own: the learning-rate scaling rule, the loss weights, the
+    transformation g_θ and its ranges, K, and the base-view augmentations."""
+
+    base_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "If set, learning_rate = base_learning_rate × effective batch size / 256 (as run_mae)."},
+    )
+    ssl_weight: float = field(default=1.0, metadata={"help": "Weight of the host SSL loss."})
+    reconstruction_weight: float | None = field(
+        default=None, metadata={"help": "λ, weight of the reconstruction loss (default: the model config's)."}
+    )
+    num_intermediates: int | None = field(
+        default=None,
+        metadata={"help": "K intermediate targets (default: the model config's; must match a checkpoint)."},
+    )
+    transformation_family: str | None = field(
+        default=None, metadata={"help": f"g_θ family, one of {FAMILIES} (default: the model config's)."}
+    )
+    transformation_components: list[str] | None = field(
+        default=None, metadata={"help": "Families composed when transformation_family is 'composite'."}
+    )
+    rotation_range: list[float] | None = field(default=None, metadata={"help": "Angle range in degrees (ccw > 0)."})
+    translation_range: list[float] | None = field(default=None, metadata={"help": "Shift range in pixels at 224²."})
+    brightness_range: list[float] | None = field(default=None, metadata={"help": "Brightness offset range."})
+    contrast_range: list[float] | None = field(default=None, metadata={"help": "Contrast offset range."})
+    saturation_range: list[float] | None = field(default=None, metadata={"help": "Saturation offset range."})
+    hue_range: list[float] | None = field(default=None, metadata={"help": "Hue offset range (turns)."})
+    blur_sigma_range: list[float] | None = field(
+        default=None, metadata={"help": "Gaussian blur σ range (pixels at 224²)."}
+    )
+    view_preset: str = field(default="all", metadata={"help": f"Base augmentations A1/A2, one of {VIEW_PRESETS}."})
+    crop_scale: list[float] = field(default_factory=lambda: [0.32, 1.0], metadata={"help": "RandomResizedCrop scale."})
+    # Defaults that SSL batches need (no labels, extra columns) and that suit a first run.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the transform-pair columns."})
+    label_names: list[str] | None = field(default_factory=list, metadata={"help": "SSL batches carry no labels."})
+    output_dir: str | None = field(default="runs/equirecon-tiny", metadata={"help": "Where the run is written."})
+    max_steps: int = field(default=200, metadata={"help": "Optimizer steps (a streamed dataset has no length)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate (see base_learning_rate)."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps, or a fraction of max_steps if < 1."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    accelerator_config: dict | str | None = field(
+        # Each process reads its own shards of a streamed dataset instead of rank 0 reading for everyone.
+        default_factory=lambda: {"dispatch_batches": False},
+        metadata={"help": "accelerate settings (default: every process reads its own shards)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.dataloader_pin_memory and not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every loader otherwise
+        super().__post_init__()
+        if self.base_learning_rate is not None:
+            self.learning_rate = self.base_learning_rate * self.effective_batch_size / 256
+        if self.view_preset not in VIEW_PRESETS:
+            raise ValueError(f"--view_preset must be one of {VIEW_PRESETS}, got {self.view_preset!r}.")
+        if self.ssl_weight < 0 or (self.reconstruction_weight is not None and self.reconstruction_weight < 0):
+            raise ValueError("--ssl_weight and --reconstruction_weight must be >= 0.")
+        if self.num_intermediates is not None and self.num_intermediates < 1:
+            raise ValueError(f"--num_intermediates must be >= 1, got {self.num_intermediates}.")
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Images per optimizer step over all processes: per-device batch × accumulation × world size."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
+
+    def transformation_config(self, model_transformation: dict[str, Any]) -> TransformationConfig:
+        """The g_θ to train with: the model config's, with the ranges and family given here taking precedence."""
+        fields_ = dict(model_transformation)
+        if self.transformation_family is not None:
+            fields_["family"] = self.transformation_family
+        if self.transformation_components is not None:
+            fields_["components"] = self.transformation_components
+        for name in (
+            "rotation_range",
+            "translation_range",
+            "brightness_range",
+            "contrast_range",
+            "saturation_range",
+            "hue_range",
+            "blur_sigma_range",
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                if len(value) != 2:
+                    raise ValueError(f"--{name} takes two numbers (low high), got {value}.")
+                fields_[name] = value
+        return TransformationConfig.from_dict(fields_)
+
+
+@dataclass
+class EvaluationArguments:
+    """The evaluation `equirecon pretrain` runs at the end: the paper's equivariance R² benchmark on held-out photos,
+    whose results go into the model card."""
+
+    equivariance_families: list[str] = field(
+        default_factory=lambda: ["rotation", "color", "blur", "translation"],
+        metadata={"help": "Families of the equivariance benchmark; empty to skip it."},
+    )
+    equivariance_num_train: int = field(default=1024, metadata={"help": "Crops to fit the θ regressor on."})
+    equivariance_num_test: int = field(default=512, metadata={"help": "Held-out crops to score R² on."})
+    equivariance_epochs: int = field(default=50, metadata={"help": "Epochs of the θ regressor."})
+    equivariance_max_images: int = field(default=500, metadata={"help": "Photos of the evaluation split used."})

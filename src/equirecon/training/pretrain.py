@@ -1,0 +1,423 @@
+"""`equirecon pretrain`: pretraining end to end with `EquiReconTrainer`.
+
+With no arguments it pretrains the `tiny` preset on the embedded photos on CPU in a few minutes, evaluates it and
+writes a complete, loadable model directory (weights, config, preprocessor, Hub custom code, logs, a picture of the
+reconstructions and a model card).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import HfArgumentParser, ViTImageProcessor
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..model_card import EQUIVARIANCE_FILE, RUN_FILE, write_model_card
+from ..modeling import EquiReconConfig, EquiReconForPreTraining
+from .arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
+from .data import build_transform_pair_dataset, collate_transform_pairs, find_image_column, load_images
+from .trainer import EquiReconTrainer
+from .transformations import TransformationConfig, make_transformed_pair
+from .views import TransformPairMaker
+
+logger = logging.getLogger(__name__)
+
+
+class ArgumentError(ValueError):
+    """A bad command-line or recipe argument, reported as one line before any training starts."""
+
+
+def config_file_to_argv(path: str) -> list[str]:
+    """A JSON or YAML recipe as command-line arguments, so that arguments given after it override it."""
+    file = Path(path)
+    if not file.is_file():
+        raise ArgumentError(f"--config {path}: no such file")
+    text = file.read_text()
+    values = yaml.safe_load(text) if file.suffix in (".yaml", ".yml") else json.loads(text)
+    if not isinstance(values, dict):
+        raise ArgumentError(f"--config {path}: expected a mapping of argument names to values")
+    argv: list[str] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        elif isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
+        elif value is None:
+            argv += [f"--{key}", "None"]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+Arguments = tuple[ModelArguments, DataArguments, EquiReconTrainingArguments, EvaluationArguments]
+
+
+def parse_arguments(argv: list[str]) -> Arguments:
+    """Recipe file first, then the command line; unknown keys and invalid values raise `ArgumentError`."""
+    argv = list(argv)
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise ArgumentError("--config needs a file name")
+        argv = config_file_to_argv(argv[index + 1]) + argv[:index] + argv[index + 2 :]
+    parser = HfArgumentParser((ModelArguments, DataArguments, EquiReconTrainingArguments, EvaluationArguments))
+
+    def report(message: str) -> None:  # argparse would print the whole usage of ~200 TrainingArguments
+        raise ArgumentError(message)
+
+    parser.error = report
+    try:
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as error:
+        raise ArgumentError(str(error).splitlines()[0]) from error
+    if remaining:
+        raise ArgumentError(f"unknown argument(s): {' '.join(remaining)} (see `equirecon pretrain --help`)")
+    return tuple(parsed)
+
+
+def _parse_overrides(overrides: str | None) -> dict[str, Any]:
+    if not overrides:
+        return {}
+    values = {}
+    for item in overrides.split(","):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ArgumentError(f"--config_overrides item {item!r} is not key=value")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    return values
+
+
+def build_model(model_args: ModelArguments, training_args: EquiReconTrainingArguments) -> EquiReconForPreTraining:
+    """A new model from a preset (or a transformers encoder checkpoint), or an EquiRecon checkpoint to continue."""
+    overrides = _parse_overrides(model_args.config_overrides)
+    if training_args.num_intermediates is not None:
+        overrides["num_intermediates"] = training_args.num_intermediates
+    if training_args.reconstruction_weight is not None:
+        overrides["reconstruction_weight"] = training_args.reconstruction_weight
+    if model_args.model_name_or_path:
+        return EquiReconForPreTraining.from_pretrained(
+            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code, **overrides
+        )
+    try:
+        config = EquiReconConfig.from_preset(model_args.preset, **overrides)
+        if model_args.image_size is not None:
+            config.backbone_config.image_size = model_args.image_size
+            config = EquiReconConfig(**config.to_dict())  # validate the new size
+    except (ValueError, TypeError) as error:
+        raise ArgumentError(str(error)) from error
+    if model_args.backbone_name_or_path:
+        return EquiReconForPreTraining.from_pretrained_backbone(
+            model_args.backbone_name_or_path, config=config, backbone_kwargs={"trust_remote_code": False}
+        )
+    return EquiReconForPreTraining(config)
+
+
+def check_output_dir(path: str) -> None:
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".equirecon-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ArgumentError(f"--output_dir {path} is not writable ({error.strerror})") from error
+
+
+def build_datasets(
+    data_args: DataArguments,
+    training_args: EquiReconTrainingArguments,
+    transformation: TransformationConfig,
+    image_size: int,
+) -> tuple[Any, list[dict[str, torch.Tensor]] | None]:
+    """The endless training stream of transform pairs and a fixed, map-style evaluation set (or None)."""
+    load_kwargs = {"name": data_args.dataset_config_name} if data_args.dataset_config_name else {}
+    try:
+        train_images = load_images(
+            data_args.dataset, split=data_args.train_split, streaming=data_args.streaming, **load_kwargs
+        )
+        column = find_image_column(train_images, data_args.image_column)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        raise ArgumentError(f"--dataset {data_args.dataset}: {error}") from error
+
+    def pair_maker(seed: int, preset: str) -> TransformPairMaker:
+        return TransformPairMaker(
+            transformation,
+            view_preset=preset,
+            size=image_size,
+            image_mean=IMAGENET_DEFAULT_MEAN,
+            image_std=IMAGENET_DEFAULT_STD,
+            crop_scale=tuple(training_args.crop_scale),
+            seed=seed,
+            # Every process gets its own augmentation stream (Trainer seeds all ranks alike).
+            rank=training_args.process_index,
+        )
+
+    train = build_transform_pair_dataset(
+        train_images,
+        pair_maker(training_args.seed, training_args.view_preset),
+        image_column=column,
+        num_shards=data_args.num_shards,
+        shuffle_seed=training_args.seed,
+        buffer_size=data_args.shuffle_buffer_size,
+        repeat=None,
+    )
+    evaluation = None
+    if data_args.validation_split:
+        try:
+            eval_images = load_images(
+                data_args.dataset, split=data_args.validation_split, streaming=False, **load_kwargs
+            )
+        except (ValueError, FileNotFoundError) as error:
+            logger.warning("No evaluation split %r (%s): skipping evaluation.", data_args.validation_split, error)
+            return train, None
+        stream = build_transform_pair_dataset(
+            eval_images,
+            pair_maker(training_args.seed + 1, training_args.view_preset),
+            image_column=data_args.image_column,
+            num_shards=1,
+            shuffle_seed=None,
+            repeat=None,
+        )
+        evaluation = list(stream.take(data_args.max_eval_samples))
+    return train, evaluation
+
+
+def save_reconstruction_figure(
+    model: EquiReconForPreTraining,
+    batch: dict[str, torch.Tensor],
+    transformation: TransformationConfig,
+    path: Path,
+    num_examples: int = 4,
+) -> Path:
+    """Rows: examples. Columns: v1, u, the K targets, v2, then the K reconstructions; all de-normalised."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model.eval()
+    device = next(model.parameters()).device
+    batch = {key: value[:num_examples].to(device) for key, value in batch.items()}
+    k = model.config.num_intermediates
+    pair = make_transformed_pair(
+        batch["base_pixel_values"],
+        batch["transform_params"],
+        transformation,
+        k,
+        image_mean=IMAGENET_DEFAULT_MEAN,
+        image_std=IMAGENET_DEFAULT_STD,
+    )
+    with torch.no_grad():
+        outputs = model(
+            pixel_values=batch["pixel_values"],
+            transformed_pixel_values=pair.transformed,
+            return_loss=False,
+            output_reconstructions=True,
+        )
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD, device=device).view(3, 1, 1)
+
+    def image(tensor: torch.Tensor):
+        return (tensor * std + mean).clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
+
+    steps = [f"{i}/{k + 1}" for i in range(1, k + 1)]
+    titles = ["v1", "u"] + [f"target {s}θ" for s in steps] + ["v2"]
+    if outputs.reconstructions is not None:
+        titles += [f"recon {s}θ" for s in steps]
+    rows = batch["pixel_values"].shape[0]
+    figure, axes = plt.subplots(rows, len(titles), figsize=(1.6 * len(titles), 1.7 * rows), squeeze=False)
+    for row in range(rows):
+        panels = [batch["pixel_values"][row], batch["base_pixel_values"][row]]
+        panels += [pair.targets[row, i] for i in range(k)] + [pair.transformed[row]]
+        if outputs.reconstructions is not None:
+            panels += [outputs.reconstructions[row, i] for i in range(k)]
+        for column, (axis, panel) in enumerate(zip(axes[row], panels, strict=True)):
+            axis.imshow(image(panel))
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(titles[column], fontsize=8)
+    parameters = ", ".join(transformation.parameter_names)
+    figure.suptitle(f"g = {transformation.family} ({parameters})", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def evaluate_equivariance(
+    model: EquiReconForPreTraining,
+    data_args: DataArguments,
+    evaluation_args: EvaluationArguments,
+    seed: int,
+    output_dir: Path,
+) -> dict[str, Any]:
+    """The paper's equivariance R² benchmark on the frozen encoder; writes `equivariance_results.json`.
+
+    The embedded photos keep their split (regressor fitted on crops of the training photos, scored on the held-out
+    ones); other datasets use their validation split, divided by photo."""
+    from ..evaluation.equivariance import RegressorConfig, run_equivariance_benchmark
+
+    if data_args.dataset == "embedded":
+        images, test_images = load_images("embedded", split="train"), load_images("embedded", split="validation")
+    else:
+        images, test_images = load_images(data_args.dataset, split=data_args.validation_split), None
+    result = run_equivariance_benchmark(
+        model.equirecon,
+        images,
+        test_images=test_images,
+        families=evaluation_args.equivariance_families,
+        num_train=evaluation_args.equivariance_num_train,
+        num_test=evaluation_args.equivariance_num_test,
+        regressor=RegressorConfig(epochs=evaluation_args.equivariance_epochs),
+        max_images=evaluation_args.equivariance_max_images,
+        image_column=data_args.image_column or "image",
+        seed=seed,
+    )
+    results = result.to_dict()
+    (output_dir / EQUIVARIANCE_FILE).write_text(json.dumps(results, indent=2))
+    logger.info("Equivariance benchmark:\n%s", result.table())
+    return results
+
+
+def run(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: EquiReconTrainingArguments,
+    evaluation_args: EvaluationArguments | None = None,
+) -> dict:
+    """Pretrain, evaluate and write the run directory (model, preprocessor, logs, picture, model card); returns the
+    final metrics."""
+    evaluation_args = evaluation_args or EvaluationArguments()
+    started = time.time()
+    check_output_dir(training_args.output_dir)
+    model = build_model(model_args, training_args)
+    config = model.config
+    try:
+        transformation = training_args.transformation_config(config.transformation)
+    except ValueError as error:
+        raise ArgumentError(str(error)) from error
+    config.transformation = transformation.to_dict()
+    train_dataset, eval_dataset = build_datasets(data_args, training_args, transformation, config.image_size)
+
+    image_processor = ViTImageProcessor(
+        size={"height": config.image_size, "width": config.image_size},
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
+    )
+    trainer = EquiReconTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collate_transform_pairs,
+        processing_class=image_processor,
+        transformation=transformation,
+        image_mean=IMAGENET_DEFAULT_MEAN,
+        image_std=IMAGENET_DEFAULT_STD,
+    )
+    logger.info(
+        "Pretraining %s (%d parameters) on %s with g=%s, K=%d, λ=%s, effective batch %d, lr %.3g, %d steps.",
+        model_args.preset if not model_args.model_name_or_path else model_args.model_name_or_path,
+        model.num_parameters(),
+        data_args.dataset,
+        transformation.family,
+        config.num_intermediates,
+        trainer.reconstruction_weight,
+        training_args.effective_batch_size,
+        training_args.learning_rate,
+        training_args.max_steps,
+    )
+    resume = training_args.resume_from_checkpoint
+    if resume == "last":
+        resume = get_last_checkpoint(training_args.output_dir)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    metrics = dict(train_result.metrics)
+    if eval_dataset:
+        metrics.update(trainer.evaluate())
+    trainer.log_metrics("all", metrics)
+    if trainer.is_world_process_zero():
+        output_dir = Path(training_args.output_dir)
+        trainer.save_metrics("all", metrics)
+        trainer.save_state()
+        (output_dir / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
+        if eval_dataset:
+            figure_batch = collate_transform_pairs(eval_dataset[:4])
+            save_reconstruction_figure(trainer.model, figure_batch, transformation, output_dir / "reconstructions.png")
+        record = {
+            "model_arguments": asdict(model_args),
+            "data_arguments": asdict(data_args),
+            "training_arguments": {
+                key: value
+                for key, value in training_args.to_dict().items()
+                if key
+                in {
+                    "max_steps",
+                    "per_device_train_batch_size",
+                    "gradient_accumulation_steps",
+                    "learning_rate",
+                    "base_learning_rate",
+                    "weight_decay",
+                    "lr_scheduler_type",
+                    "warmup_steps",
+                    "seed",
+                    "bf16",
+                    "fp16",
+                    "view_preset",
+                    "ssl_weight",
+                }
+            },
+            "effective_batch_size": training_args.effective_batch_size,
+            "world_size": training_args.world_size,
+            "reconstruction_weight": trainer.reconstruction_weight,
+            "transformation": transformation.to_dict(),
+            "wall_time_seconds": time.time() - started,
+            "metrics": metrics,
+            "final_train_losses": _last_logged_losses(trainer.state.log_history),
+        }
+        if evaluation_args.equivariance_families and data_args.validation_split:
+            equivariance = evaluate_equivariance(
+                trainer.model, data_args, evaluation_args, training_args.seed, output_dir
+            )
+            metrics.update({f"equivariance_r2_{name}": value for name, value in equivariance["r2"].items()})
+            metrics["equivariance_r2_mean"] = equivariance["mean_r2"]
+        record["metrics"] = metrics
+        record["wall_time_seconds"] = time.time() - started
+        (output_dir / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
+        card = write_model_card(output_dir)
+        logger.info("Wrote %s; the model loads with AutoModel.from_pretrained(%r).", card, str(output_dir))
+    return metrics
+
+
+def _last_logged_losses(history: list[dict[str, Any]]) -> dict[str, float]:
+    for entry in reversed(history):
+        if "loss" in entry:
+            return {key: entry[key] for key in ("loss", "ssl_loss", "reconstruction_loss") if key in entry}
+    return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `equirecon pretrain`; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    try:
+        run(*parse_arguments(argv))
+    except ArgumentError as error:
+        print(f"equirecon pretrain: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,32 @@
+"""Run by tests/test_trainer.py under `torch.distributed.run --nproc_per_node=2`: a few DDP steps on CPU (gloo) over
+a sharded stream; each rank records the transform parameters it trained on."""
+
+import json
+import sys
+from pathlib import Path
+
+from trainer_helpers import tiny_trainer
+
+from equirecon.training.trainer import EquiReconTrainer
+
+
+class RecordingTrainer(EquiReconTrainer):
+    seen: list
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.seen.append([round(v, 5) for v in inputs["transform_params"].flatten().tolist()])
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def main(output_dir: str) -> None:
+    trainer = tiny_trainer(output_dir, max_steps=3)
+    trainer.__class__ = RecordingTrainer
+    trainer.seen = []
+    trainer.train()
+    trainer.save_model()
+    record = {"world_size": trainer.args.world_size, "batches": trainer.seen}
+    Path(output_dir, f"seen-rank{trainer.args.process_index}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

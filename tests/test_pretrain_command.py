@@ -1,0 +1,120 @@
+import json
+
+import pytest
+import yaml
+from transformers import AutoImageProcessor, AutoModel
+
+from equirecon import EquiReconModel
+from equirecon.cli import main as cli_main
+from equirecon.model_card import build_model_card
+from equirecon.training.pretrain import parse_arguments
+
+FAST = [
+    "--max_steps", "2",
+    "--per_device_train_batch_size", "4",
+    "--logging_steps", "1",
+    "--max_eval_samples", "8",
+    "--equivariance_num_train", "32",
+    "--equivariance_num_test", "16",
+    "--equivariance_epochs", "2",
+    "--disable_tqdm", "True",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("run")
+    assert cli_main(["pretrain", "--output_dir", str(output_dir), *FAST]) == 0
+    return output_dir
+
+
+def test_default_run_writes_a_complete_loadable_model_directory(pretrained_run):
+    for name in (
+        "config.json", "model.safetensors", "preprocessor_config.json", "configuration_equirecon.py",
+        "modeling_equirecon.py", "objectives.py", "training_log.json", "reconstructions.png", "README.md",
+        "equirecon_run.json", "equivariance_results.json",
+    ):  # fmt: skip
+        assert (pretrained_run / name).is_file(), name
+    model = AutoModel.from_pretrained(pretrained_run, trust_remote_code=True)
+    assert isinstance(model, EquiReconModel)
+    processor = AutoImageProcessor.from_pretrained(pretrained_run)
+    assert processor.size == {"height": 64, "width": 64}
+    run = json.loads((pretrained_run / "equirecon_run.json").read_text())
+    assert set(run["final_train_losses"]) == {"loss", "ssl_loss", "reconstruction_loss"}
+    assert "eval_reconstruction_loss" in run["metrics"]
+    log = json.loads((pretrained_run / "training_log.json").read_text())
+    assert [entry["step"] for entry in log if "ssl_loss" in entry] == [1, 2]
+
+
+def test_model_card_reports_the_measured_results(pretrained_run):
+    equivariance = json.loads((pretrained_run / "equivariance_results.json").read_text())
+    card = build_model_card(pretrained_run)
+    metadata = card.data.to_dict()
+    results = metadata["model-index"][0]["results"]
+    measured = {m["name"]: m["value"] for r in results for m in r["metrics"]}
+    assert measured["R² rotation"] == round(equivariance["r2"]["rotation"], 4)
+    assert measured["R² mean"] == round(equivariance["mean_r2"], 4)
+    assert metadata["library_name"] == "transformers" and "custom_code" in metadata["tags"]
+    assert "trust_remote_code=True" in card.text and "d_equi" not in card.text  # rendered, not a raw template
+    assert "| invariant | 128 (first) |" in card.text
+    (pretrained_run / "README.md").unlink()
+    assert cli_main(["model-card", str(pretrained_run)]) == 0
+    assert "R² rotation" in (pretrained_run / "README.md").read_text()
+
+
+def test_recipe_file_then_command_line_overrides(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"max_steps": 7, "rotation_range": [-30, 30], "preset": "vicreg-vit-s16"}))
+    model_args, _, training_args, _ = parse_arguments(["--config", str(recipe), "--max_steps", "9"])
+    assert training_args.max_steps == 9
+    assert training_args.rotation_range == [-30.0, 30.0]
+    assert model_args.preset == "vicreg-vit-s16"
+
+
+def test_every_recipe_in_the_repository_parses():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("pretrain-*.json"))
+    assert len(recipes) >= 6
+    for recipe in recipes:
+        # bf16 needs an accelerator this machine may lack; everything else must parse as written.
+        model_args, _, training_args, _ = parse_arguments(["--config", str(recipe), "--bf16", "False"])
+        assert training_args.max_steps > 0 and model_args.preset, recipe
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--nope", "3"], "unknown argument(s): --nope 3"),
+        (["--max_steps", "abc"], "argument --max_steps/--max-steps: invalid int value: 'abc'"),
+        (["--rotation_range", "10", "-10"], "rotation_range must be finite with low <= high"),
+        (["--transformation_family", "shear"], "family must be one of"),
+        (
+            ["--image_column", "pixels"],
+            "image_column='pixels' is not a column of this dataset; found ['image', 'name']",
+        ),
+        (["--preset", "huge"], "Unknown preset 'huge'"),
+        (["--view_preset", "strong"], "--view_preset must be one of"),
+        (["--config", "/nonexistent/recipe.json"], "--config /nonexistent/recipe.json: no such file"),
+    ],
+)
+def test_bad_arguments_fail_with_one_line_before_training(tmp_path, capsys, arguments, message):
+    assert cli_main(["pretrain", "--output_dir", str(tmp_path / "out"), *FAST, *arguments]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("equirecon pretrain: error: ")
+    assert message in error[0]
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_unwritable_output_dir_is_reported(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli_main(["pretrain", "--output_dir", str(blocker / "run"), *FAST]) == 2
+    assert f"--output_dir {blocker / 'run'} is not writable" in capsys.readouterr().err
+
+
+def test_unknown_command_and_help(capsys):
+    assert cli_main(["train"]) == 2
+    assert "unknown command 'train'" in capsys.readouterr().err
+    assert cli_main(["--help"]) == 0
+    assert "pretrain" in capsys.readouterr().out

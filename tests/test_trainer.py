@@ -1,0 +1,133 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from trainer_helpers import pair_stream, tiny_trainer, training_arguments
+from transformers import AutoModel, TrainerCallback
+
+from equirecon import EquiReconModel
+from equirecon.training.trainer import NonFiniteLossError
+
+
+def _losses(history):
+    return {entry["step"]: entry for entry in history if "loss" in entry}
+
+
+def test_components_are_logged_next_to_the_loss(tmp_path):
+    trainer = tiny_trainer(
+        tmp_path,
+        model_overrides={"reconstruction_weight": 0.5},
+        eval_dataset=list(pair_stream("validation").take(8)),
+        eval_strategy="no",
+    )
+    trainer.train()
+    logged = _losses(trainer.state.log_history)
+    assert sorted(logged) == [1, 2, 3, 4]
+    for entry in logged.values():
+        assert entry["loss"] == pytest.approx(entry["ssl_loss"] + 0.5 * entry["reconstruction_loss"], rel=1e-3)
+    metrics = trainer.evaluate()
+    assert metrics["eval_loss"] == pytest.approx(
+        metrics["eval_ssl_loss"] + 0.5 * metrics["eval_reconstruction_loss"], rel=1e-4
+    )
+
+
+def test_components_are_averaged_over_accumulation_steps(tmp_path):
+    trainer = tiny_trainer(tmp_path, gradient_accumulation_steps=2, logging_steps=2, max_steps=2)
+    trainer.train()
+    (entry,) = _losses(trainer.state.log_history).values()
+    # Trainer's loss is the mean over the 4 micro-batches since the last log; so must the components be.
+    assert entry["loss"] == pytest.approx(entry["ssl_loss"] + entry["reconstruction_loss"], rel=1e-3)
+
+
+def test_training_weights_override_the_config(tmp_path):
+    trainer = tiny_trainer(tmp_path, ssl_weight=0.0, reconstruction_weight=2.0, max_steps=1)
+    trainer.train()
+    (entry,) = _losses(trainer.state.log_history).values()
+    assert entry["loss"] == pytest.approx(2.0 * entry["reconstruction_loss"], rel=1e-4)
+
+
+def test_learning_rate_scales_with_the_effective_batch(tmp_path):
+    args = training_arguments(
+        tmp_path, base_learning_rate=1e-4, per_device_train_batch_size=32, gradient_accumulation_steps=4
+    )
+    assert args.effective_batch_size == 128
+    assert args.learning_rate == pytest.approx(1e-4 * 128 / 256)
+
+
+def test_mismatched_intermediate_count_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--num_intermediates 3 does not match the model's num_intermediates 2"):
+        tiny_trainer(tmp_path, num_intermediates=3)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_run(tmp_path):
+    uninterrupted = tiny_trainer(tmp_path / "a", max_steps=6)
+    uninterrupted.train()
+
+    interrupted = tiny_trainer(tmp_path / "b", max_steps=6, save_steps=3)
+    interrupted.add_callback(StopAt(3))
+    interrupted.train()
+    assert interrupted.state.global_step == 3
+    resumed = tiny_trainer(tmp_path / "b", max_steps=6, save_steps=3)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3"))
+
+    expected = _losses(uninterrupted.state.log_history)
+    actual = _losses(resumed.state.log_history)
+    for step in (4, 5, 6):
+        for key in ("loss", "ssl_loss", "reconstruction_loss"):
+            assert actual[step][key] == pytest.approx(expected[step][key], rel=1e-4), (step, key)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    trainer = tiny_trainer(tmp_path, max_steps=6, save_steps=2)
+    objective = trainer.model.ssl_objective
+    original = objective.forward
+    calls = {"n": 0}
+
+    def poisoned(first, second):
+        calls["n"] += 1
+        loss, terms = original(first, second)
+        return (loss * math.nan if calls["n"] == 4 else loss), terms
+
+    objective.forward = poisoned
+    with pytest.raises(NonFiniteLossError, match=r"at step 3 .*Last good checkpoint: .*checkpoint-2"):
+        trainer.train()
+    assert not (tmp_path / "checkpoint-4").exists()
+    reloaded = AutoModel.from_pretrained(tmp_path / "checkpoint-2")
+    assert all(torch.isfinite(p).all() for p in reloaded.parameters())
+
+
+def test_two_processes_read_different_data_and_save_a_loadable_model(tmp_path):
+    script = Path(__file__).parent / "scripts" / "distributed_pretrain.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    port = str(29600 + os.getpid() % 1000)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        str(script),
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    seen = [json.loads((tmp_path / f"seen-rank{rank}.json").read_text()) for rank in range(2)]
+    assert seen[0]["world_size"] == seen[1]["world_size"] == 2
+    assert len(seen[0]["batches"]) == len(seen[1]["batches"]) == 3
+    assert set(map(tuple, seen[0]["batches"])).isdisjoint(map(tuple, seen[1]["batches"]))
+    model = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(model, EquiReconModel)

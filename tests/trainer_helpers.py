@@ -1,0 +1,55 @@
+"""Builders shared by the trainer tests and the 2-process script: a tiny model and a stream of transform pairs from
+the embedded photos, all seeded."""
+
+import os
+
+from model_helpers import tiny_config
+from transformers import set_seed
+
+from equirecon import EquiReconForPreTraining
+from equirecon.training.arguments import EquiReconTrainingArguments
+from equirecon.training.data import build_transform_pair_dataset, collate_transform_pairs, load_images
+from equirecon.training.trainer import EquiReconTrainer
+from equirecon.training.transformations import TransformationConfig
+from equirecon.training.views import TransformPairMaker
+
+TRANSFORMATION = TransformationConfig(family="rotation")
+
+
+def pair_stream(split: str = "train", seed: int = 0, num_shards: int | None = None):
+    """Each process of a distributed run gets its own augmentation stream: its rank seeds the pair maker."""
+    rank = int(os.environ.get("RANK", 0))
+    images = load_images("embedded", split=split)
+    maker = TransformPairMaker(TRANSFORMATION, view_preset="crop-only", size=32, seed=seed, rank=rank)
+    return build_transform_pair_dataset(images, maker, num_shards=num_shards, shuffle_seed=seed, repeat=None)
+
+
+def training_arguments(output_dir, **overrides) -> EquiReconTrainingArguments:
+    fields = {
+        "output_dir": str(output_dir),
+        "max_steps": 4,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "warmup_steps": 0,
+        "logging_steps": 1,
+        "save_steps": 100,
+        "save_total_limit": None,
+        "use_cpu": True,
+        "seed": 0,
+        "disable_tqdm": True,
+    }
+    fields.update(overrides)
+    return EquiReconTrainingArguments(**fields)
+
+
+def tiny_trainer(output_dir, model_overrides=None, eval_dataset=None, **argument_overrides) -> EquiReconTrainer:
+    set_seed(0)
+    model = EquiReconForPreTraining(tiny_config(**(model_overrides or {})))
+    return EquiReconTrainer(
+        model=model,
+        args=training_arguments(output_dir, **argument_overrides),
+        train_dataset=pair_stream(),
+        eval_dataset=eval_dataset,
+        data_collator=collate_transform_pairs,
+        transformation=TRANSFORMATION,
+    )
