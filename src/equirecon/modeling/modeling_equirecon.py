@@ -116,8 +116,9 @@ class EquiReconPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["EquiReconDecoder"]
     _supports_sdpa = True
-    # Pretraining checkpoints carry the SSL head and decoders; the encoder and the downstream heads leave them out.
-    _keys_to_ignore_on_load_unexpected = [r"^ssl_objective\.", r"^decoders\."]
+    # Checkpoints of one task carry heads the others lack (SSL head and decoders, classifier, segmentation head):
+    # loading the encoder or another head from them leaves those out without a report.
+    _keys_to_ignore_on_load_unexpected = [r"^ssl_objective\.", r"^decoders\.", r"^classifier\.", r"^head\."]
 
     def _init_weights(self, module: nn.Module) -> None:
         """Truncated-normal linear and conv layers (as Dinov2), standard norms. The encoder is a sub-model and
@@ -352,6 +353,15 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
 class EquiReconDownstreamModel(EquiReconPreTrainedModel):
     """Shared behaviour of the fine-tuning heads: they load the encoder of any EquiRecon checkpoint (pretraining
     decoders and SSL heads are dropped silently) and can freeze it for probing."""
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any):
+        # transformers re-creates loaded tensors as trainable parameters, undoing the freeze done in __init__.
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a tuple
+        if model.config.freeze_backbone:
+            model.freeze_backbone()
+        return loaded
 
     def freeze_backbone(self, freeze: bool = True) -> None:
         """Stop (or restart) gradients to the encoder, e.g. for a linear probe; also recorded in the config."""

@@ -161,9 +161,10 @@ class EvaluationArguments:
     """The evaluation `equirecon pretrain` runs at the end: the paper's equivariance R² benchmark on held-out photos,
     whose results go into the model card."""
 
+    equivariance_benchmark: bool = field(default=True, metadata={"help": "Run the benchmark after pretraining."})
     equivariance_families: list[str] = field(
         default_factory=lambda: ["rotation", "color", "blur", "translation"],
-        metadata={"help": "Families of the equivariance benchmark; empty to skip it."},
+        metadata={"help": "Families of the equivariance benchmark."},
     )
     equivariance_num_train: int = field(default=1024, metadata={"help": "Crops to fit the θ regressor on."})
     equivariance_num_test: int = field(default=512, metadata={"help": "Held-out crops to score R² on."})

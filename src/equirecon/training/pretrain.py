@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import yaml
-from transformers import HfArgumentParser, ViTImageProcessor
+from transformers import HfArgumentParser, ViTImageProcessorPil
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -27,7 +27,7 @@ from ..modeling import EquiReconConfig, EquiReconForPreTraining
 from .arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
 from .data import build_transform_pair_dataset, collate_transform_pairs, find_image_column, load_images
 from .trainer import EquiReconTrainer
-from .transformations import TransformationConfig, make_transformed_pair
+from .transformations import TransformationConfig, center_crop, make_transformed_pair
 from .views import TransformPairMaker
 
 logger = logging.getLogger(__name__)
@@ -165,15 +165,18 @@ def build_datasets(
             rank=training_args.process_index,
         )
 
-    train = build_transform_pair_dataset(
-        train_images,
-        pair_maker(training_args.seed, training_args.view_preset),
-        image_column=column,
-        num_shards=data_args.num_shards,
-        shuffle_seed=training_args.seed,
-        buffer_size=data_args.shuffle_buffer_size,
-        repeat=None,
-    )
+    try:
+        train = build_transform_pair_dataset(
+            train_images,
+            pair_maker(training_args.seed, training_args.view_preset),
+            image_column=column,
+            num_shards=data_args.num_shards,
+            shuffle_seed=training_args.seed,
+            buffer_size=data_args.shuffle_buffer_size,
+            repeat=None,
+        )
+    except ValueError as error:
+        raise ArgumentError(str(error)) from error
     evaluation = None
     if data_args.validation_split:
         try:
@@ -212,6 +215,7 @@ def save_reconstruction_figure(
     device = next(model.parameters()).device
     batch = {key: value[:num_examples].to(device) for key, value in batch.items()}
     k = model.config.num_intermediates
+    size = batch["pixel_values"].shape[-1]
     pair = make_transformed_pair(
         batch["base_pixel_values"],
         batch["transform_params"],
@@ -219,6 +223,7 @@ def save_reconstruction_figure(
         k,
         image_mean=IMAGENET_DEFAULT_MEAN,
         image_std=IMAGENET_DEFAULT_STD,
+        output_size=size,
     )
     with torch.no_grad():
         outputs = model(
@@ -240,7 +245,7 @@ def save_reconstruction_figure(
     rows = batch["pixel_values"].shape[0]
     figure, axes = plt.subplots(rows, len(titles), figsize=(1.6 * len(titles), 1.7 * rows), squeeze=False)
     for row in range(rows):
-        panels = [batch["pixel_values"][row], batch["base_pixel_values"][row]]
+        panels = [batch["pixel_values"][row], center_crop(batch["base_pixel_values"][row], size)]
         panels += [pair.targets[row, i] for i in range(k)] + [pair.transformed[row]]
         if outputs.reconstructions is not None:
             panels += [outputs.reconstructions[row, i] for i in range(k)]
@@ -313,7 +318,9 @@ def run(
     config.transformation = transformation.to_dict()
     train_dataset, eval_dataset = build_datasets(data_args, training_args, transformation, config.image_size)
 
-    image_processor = ViTImageProcessor(
+    # The PIL processor saves as "ViTImageProcessor" too (AutoImageProcessor picks torchvision where installed), and
+    # needs no torchvision here.
+    image_processor = ViTImageProcessorPil(
         size={"height": config.image_size, "width": config.image_size},
         image_mean=list(IMAGENET_DEFAULT_MEAN),
         image_std=list(IMAGENET_DEFAULT_STD),
@@ -389,7 +396,11 @@ def run(
             "metrics": metrics,
             "final_train_losses": _last_logged_losses(trainer.state.log_history),
         }
-        if evaluation_args.equivariance_families and data_args.validation_split:
+        if (
+            evaluation_args.equivariance_benchmark
+            and evaluation_args.equivariance_families
+            and data_args.validation_split
+        ):
             equivariance = evaluate_equivariance(
                 trainer.model, data_args, evaluation_args, training_args.seed, output_dir
             )

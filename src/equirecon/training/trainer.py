@@ -93,6 +93,7 @@ class EquiReconTrainer(Trainer):
             self.num_intermediates,
             image_mean=self.image_mean,
             image_std=self.image_std,
+            output_size=inputs["pixel_values"].shape[-1],  # u may carry a context margin around the view
         )
         with_reconstruction = self.reconstruction_weight > 0
         outputs = model(

@@ -1,0 +1,145 @@
+"""Random square crops of a few photos, at the model's resolution, as the equivariance benchmark's images.
+
+The benchmark needs thousands of images I but a user (or the bundled set of ~15 natural photos) may only have a
+handful, so it draws many random crops per photo. Crops are described by boxes and rendered on demand, batch by
+batch, so memory does not grow with the number of crops. The train/test split is made **by photo**: crops of a
+held-out photo never share pixels with the regressor's training crops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..training.views import to_rgb_uint8
+
+__all__ = ["CropSet", "as_photos", "split_photos"]
+
+
+def as_photos(images: Any, *, image_column: str = "image", max_images: int | None = None) -> list[Image.Image]:
+    """RGB PIL images from a sequence of images/arrays/tensors or a ``datasets.Dataset`` (column ``image_column``)."""
+    column_names = getattr(images, "column_names", None)
+    if column_names is not None:  # datasets.Dataset
+        if image_column not in column_names:
+            raise ValueError(f"the dataset has no column {image_column!r} (columns: {column_names}).")
+        count = len(images) if max_images is None else min(len(images), max_images)
+        items: Sequence[Any] = [images[index][image_column] for index in range(count)]
+    else:
+        items = list(images)[:max_images] if max_images is not None else list(images)
+    return [Image.fromarray(to_rgb_uint8(item, min_size=1)) for item in items]
+
+
+def split_photos(num_photos: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded split of photo indices into (train, test), each non-empty."""
+    if num_photos < 2:
+        raise ValueError(
+            f"the equivariance benchmark needs at least 2 images (one to train the regressor, one held out), "
+            f"got {num_photos}."
+        )
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+    order = np.random.default_rng([seed, 1]).permutation(num_photos)
+    num_test = min(num_photos - 1, max(1, round(test_fraction * num_photos)))
+    return sorted(order[num_test:].tolist()), sorted(order[:num_test].tolist())
+
+
+@dataclass(frozen=True)
+class CropSet:
+    """``len(photo_index)`` crops: crop ``i`` is box ``boxes[i]`` = (left, top, right, bottom) of photo
+    ``photo_index[i]``, resized to ``image_size`` (height, width)."""
+
+    photos: tuple[Image.Image, ...]
+    photo_index: np.ndarray
+    boxes: np.ndarray
+    image_size: tuple[int, int]
+
+    @classmethod
+    def sample(
+        cls,
+        photos: Sequence[Image.Image],
+        photo_ids: Sequence[int],
+        num_crops: int,
+        image_size: tuple[int, int],
+        *,
+        scale: tuple[float, float] = (0.25, 1.0),
+        generator: np.random.Generator,
+    ) -> CropSet:
+        """Draw ``num_crops`` crops uniformly over ``photo_ids``.
+
+        Each crop has the aspect ratio of ``image_size`` and covers a uniform fraction in ``scale`` of the
+        largest such box that fits the photo, at a uniform position.
+        """
+        if num_crops < 1:
+            raise ValueError(f"num_crops must be positive, got {num_crops}.")
+        low, high = scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"crop scale must satisfy 0 < low <= high <= 1, got {scale}.")
+        height, width = image_size
+        chosen = np.asarray(photo_ids)[generator.integers(0, len(photo_ids), size=num_crops)]
+        fractions = generator.uniform(low, high, size=num_crops)
+        positions = generator.uniform(0.0, 1.0, size=(num_crops, 2))
+        boxes = np.empty((num_crops, 4), dtype=np.float64)
+        for i, (photo_id, fraction) in enumerate(zip(chosen, fractions, strict=True)):
+            photo = photos[photo_id]
+            fit = min(photo.width / width, photo.height / height)  # largest box of the target aspect ratio
+            box_w, box_h = width * fit * np.sqrt(fraction), height * fit * np.sqrt(fraction)
+            left = positions[i, 0] * (photo.width - box_w)
+            top = positions[i, 1] * (photo.height - box_h)
+            boxes[i] = (left, top, left + box_w, top + box_h)
+        return cls(tuple(photos), chosen.astype(np.int64), boxes, (int(height), int(width)))
+
+    def __len__(self) -> int:
+        return len(self.photo_index)
+
+    def render(self, indices: Sequence[int] | slice) -> torch.Tensor:
+        """Crops ``indices`` as a float ``(B, 3, H, W)`` tensor in [0, 1] (bicubic, antialiased resize)."""
+        height, width = self.image_size
+        arrays = [
+            np.asarray(
+                self.photos[self.photo_index[i]].resize(
+                    (width, height), Image.Resampling.BICUBIC, box=tuple(self.boxes[i])
+                )
+            )
+            for i in np.arange(len(self))[indices]
+        ]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self), batch_size):
+            yield self.render(slice(start, start + batch_size))
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+    def fingerprint(self) -> str:
+        """Hash of the photos' pixels, the boxes and the output size (a cache key for features of these crops)."""
+        digest = hashlib.sha256()
+        for photo in self.photos:
+            digest.update(f"{photo.size}".encode())
+            digest.update(photo.tobytes())
+        digest.update(self.photo_index.tobytes())
+        digest.update(np.round(self.boxes, 6).tobytes())
+        digest.update(f"{self.image_size}".encode())
+        return digest.hexdigest()
+
+    @staticmethod
+    def concatenate(first: CropSet, second: CropSet) -> CropSet:
+        same_photos = len(first.photos) == len(second.photos) and all(
+            a is b for a, b in zip(first.photos, second.photos, strict=True)
+        )
+        if not same_photos:
+            raise ValueError("can only concatenate crops of the same photos.")
+        if first.image_size != second.image_size:
+            raise ValueError("can only concatenate crops of the same size.")
+        return CropSet(
+            first.photos,
+            np.concatenate([first.photo_index, second.photo_index]),
+            np.concatenate([first.boxes, second.boxes]),
+            first.image_size,
+        )

@@ -1,0 +1,528 @@
+"""The synthetic equivariance benchmark of the paper (Table 1), for any frozen vision encoder.
+
+For each transformation family g (rotation, colour, blur, translation; SE(2) or a composite on request):
+
+1. draw θ uniformly from the family's ranges (paper Table 2) for every benchmark image I;
+2. encode I and g_θ(I) with the frozen model (one pooled feature kind, see :mod:`.features`);
+3. fit the SIE regressor ``[f(I); f(g_θ(I))] → θ`` on images cut from training photos;
+4. report R² on images cut from held-out photos.
+
+A feature that keeps the transformation lets the regressor recover θ (R² → 1); an invariant feature does not
+(R² ≈ 0). The benchmark images are random crops of the evaluation photos at the model's resolution (see
+:mod:`.crops`); g_θ is :func:`equirecon.training.transformations.apply_transformation`, the very function that
+makes the pretraining targets, so benchmark and training agree on every convention.
+
+Rotations and translations of a crop bring in pixels from outside it. By default (``border="context"``) they are
+real pixels: the crop is rendered with a margin, transformed, and its centre kept, so g_θ(I) has no black fill.
+With fill, θ can be read off the shape of the black corners without looking at the image content (a model that
+sees nothing but those corners scores R² ≈ 0.85 on rotation at 32², and ≈ 0 with context), and the benchmark
+would reward that shortcut. ``border="fill"`` reproduces the fill of the pretraining views when that is wanted.
+
+Cost: features of I are computed once and shared by all families; each family adds one pass over g_θ(I). All
+features go through a :class:`~.cache.FeatureCache`, so sweeping the regressor, the R² convention or the feature
+kind re-encodes nothing. Every random draw derives from ``seed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..training.transformations import TransformationConfig, apply_transformation
+from .cache import FeatureCache, cache_key, model_fingerprint
+from .crops import CropSet, as_photos, split_photos
+from .features import FeatureExtractor, eval_mode
+from .loading import InputSpec, resolve_device
+from .metrics import R2Convention, r2_score
+from .regression import RegressorConfig, fit_mlp_regressor
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_FAMILIES",
+    "EquivarianceResult",
+    "FamilyResult",
+    "run_equivariance_benchmark",
+    "score_feature_pairs",
+]
+
+#: The families of the paper's Table 1, in its column order.
+DEFAULT_FAMILIES: tuple[str, ...] = ("rotation", "color", "blur", "translation")
+_MULTIOUTPUT = ("global", "per_output")
+# Bump when the feature-extraction pipeline changes, so old cache entries are not reused.
+_CACHE_VERSION = 1
+
+
+@dataclass
+class FamilyResult:
+    """R² of regressing one family's θ from feature pairs.
+
+    ``r2`` is the headline value under the run's convention; both conventions and the per-parameter values are
+    kept so that a report can show either without rerunning.
+    """
+
+    family: str
+    parameter_names: tuple[str, ...]
+    r2: float
+    r2_global: float
+    r2_per_output: float
+    per_parameter_r2: dict[str, float]
+    train_r2: float
+    num_train: int
+    num_test: int
+    transformation: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "parameter_names": list(self.parameter_names),
+            "r2": self.r2,
+            "r2_global": self.r2_global,
+            "r2_per_output": self.r2_per_output,
+            "per_parameter_r2": dict(self.per_parameter_r2),
+            "train_r2": self.train_r2,
+            "num_train": self.num_train,
+            "num_test": self.num_test,
+            "transformation": self.transformation,
+        }
+
+
+@dataclass
+class EquivarianceResult:
+    """Per-family R² of one model and feature kind, their mean, and how they were obtained."""
+
+    families: dict[str, FamilyResult]
+    feature: str
+    multioutput: str = "global"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def r2(self) -> dict[str, float]:
+        """``{family: R²}`` under the run's convention."""
+        return {name: result.r2 for name, result in self.families.items()}
+
+    @property
+    def mean_r2(self) -> float:
+        """Unweighted mean over families (the paper's "mean" column)."""
+        return float(np.mean(list(self.r2.values()))) if self.families else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": "equivariance",
+            "feature": self.feature,
+            "r2_convention": self.multioutput,
+            "r2": self.r2,
+            "mean_r2": self.mean_r2,
+            "families": {name: result.to_dict() for name, result in self.families.items()},
+            "settings": self.settings,
+        }
+
+    def to_eval_results(self, dataset_name: str, dataset_type: str | None = None) -> list[dict[str, Any]]:
+        """One entry per family and one for the mean, as keyword arguments of ``huggingface_hub.EvalResult``."""
+        entries = [*((f"R² {name}", value) for name, value in self.r2.items()), ("R² mean", self.mean_r2)]
+        return [
+            {
+                "task_type": "image-feature-extraction",
+                "task_name": f"Equivariance (θ regression from {self.feature} features)",
+                "dataset_type": dataset_type or dataset_name,
+                "dataset_name": dataset_name,
+                "metric_type": "r_squared",
+                "metric_name": name,
+                "metric_value": round(float(value), 4),
+                "metric_config": self.multioutput,
+            }
+            for name, value in entries
+        ]
+
+    def table(self) -> str:
+        """A Markdown table with one column per family and the mean, as in the paper."""
+        names = list(self.families)
+        header = "| feature | " + " | ".join(f"R² {name}" for name in names) + " | mean |"
+        rule = "|---" * (len(names) + 2) + "|"
+        row = f"| {self.feature} | " + " | ".join(f"{self.r2[n]:.3f}" for n in names) + f" | {self.mean_r2:.3f} |"
+        return "\n".join([header, rule, row])
+
+
+def score_feature_pairs(
+    features: torch.Tensor,
+    transformed_features: torch.Tensor,
+    params: torch.Tensor | np.ndarray,
+    *,
+    num_train: int,
+    family: str = "custom",
+    parameter_names: Sequence[str] | None = None,
+    regressor: RegressorConfig | None = None,
+    multioutput: R2Convention = "global",
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> FamilyResult:
+    """Fit the θ regressor on the first ``num_train`` feature pairs and score it on the rest.
+
+    This is the model-free half of the benchmark: it only sees features ``(N, D)`` of I and of g_θ(I) and the
+    parameters ``(N, P)``, so it can be used on features from anywhere.
+    """
+    if multioutput not in _MULTIOUTPUT:
+        raise ValueError(f"multioutput must be one of {_MULTIOUTPUT}, got {multioutput!r}.")
+    params = torch.as_tensor(np.asarray(params) if not isinstance(params, torch.Tensor) else params).float()
+    if params.ndim == 1:
+        params = params[:, None]
+    count = features.shape[0]
+    if transformed_features.shape != features.shape or params.shape[0] != count:
+        raise ValueError(
+            f"features {tuple(features.shape)}, transformed features {tuple(transformed_features.shape)} and "
+            f"params {tuple(params.shape)} must describe the same N samples."
+        )
+    if not 2 <= num_train <= count - 2:
+        raise ValueError(f"num_train must leave at least 2 samples on each side, got {num_train} of {count}.")
+    names = tuple(parameter_names) if parameter_names is not None else tuple(f"p{i}" for i in range(params.shape[1]))
+    if len(names) != params.shape[1]:
+        raise ValueError(f"{len(names)} parameter names for {params.shape[1]} parameters.")
+
+    pairs = torch.cat([features, transformed_features], dim=1).float()
+    model = fit_mlp_regressor(
+        pairs[:num_train],
+        params[:num_train],
+        regressor,
+        seed=seed,
+        device=device,
+        progress=progress,
+        description=f"regressor ({family})",
+    )
+    predictions = model.predict(pairs[num_train:])
+    targets = params[num_train:]
+    scores = {convention: r2_score(predictions, targets, multioutput=convention) for convention in _MULTIOUTPUT}
+    per_parameter = r2_score(predictions, targets, multioutput="raw_values")
+    train_r2 = r2_score(model.predict(pairs[:num_train]), params[:num_train], multioutput=multioutput)
+    return FamilyResult(
+        family=family,
+        parameter_names=names,
+        r2=float(scores[multioutput]),
+        r2_global=float(scores["global"]),
+        r2_per_output=float(scores["per_output"]),
+        per_parameter_r2={name: float(value) for name, value in zip(names, per_parameter, strict=True)},
+        train_r2=float(train_r2),
+        num_train=num_train,
+        num_test=count - num_train,
+    )
+
+
+def _family_configs(
+    families: Sequence[str | TransformationConfig] | Mapping[str, TransformationConfig],
+) -> dict[str, TransformationConfig]:
+    if isinstance(families, str):
+        families = [families]
+    if isinstance(families, Mapping):
+        configs = dict(families)
+    else:
+        configs = {}
+        for entry in families:
+            config = entry if isinstance(entry, TransformationConfig) else TransformationConfig(family=entry)
+            name = config.family if config.family != "composite" else "+".join(config.components)
+            if name in configs:
+                raise ValueError(
+                    f"family {name!r} is listed twice; pass a mapping {{name: config}} to compare ranges."
+                )
+            configs[name] = config
+    if not configs:
+        raise ValueError("no transformation family to evaluate.")
+    for name, config in configs.items():
+        if not isinstance(config, TransformationConfig):
+            raise TypeError(f"family {name!r}: expected a TransformationConfig, got {type(config).__name__}.")
+    return configs
+
+
+def _geometric_reach(config: TransformationConfig, image_size: tuple[int, int]) -> tuple[float, float]:
+    """How far (pixels, per axis) beyond the image border g_θ may sample, for the worst θ in the ranges."""
+    height, width = image_size
+    steps = set(config.steps)
+    rotates = bool(steps & {"rotation", "se2"})
+    translates = bool(steps & {"translation", "se2"})
+    phi = math.radians(min(90.0, max(abs(v) for v in config.rotation_range))) if rotates else 0.0
+    shift = max(abs(v) for v in config.translation_range) if translates else 0.0
+    shift_x, shift_y = shift * width / config.reference_size, shift * height / config.reference_size
+    if rotates and translates:  # the shift may be rotated before or after: bound it by its length on both axes
+        shift_x = shift_y = math.hypot(shift_x, shift_y)
+
+    def reach(a: float, b: float) -> float:
+        # max over |angle| <= phi of |cos|·a + |sin|·b: the source extent along one axis of the rotated box.
+        return math.hypot(a, b) if phi >= math.atan2(b, a) else a * math.cos(phi) + b * math.sin(phi)
+
+    half_w, half_h = width / 2 + shift_x, height / 2 + shift_y
+    return reach(half_w, half_h) - width / 2, reach(half_h, half_w) - height / 2
+
+
+def _context_size(
+    configs: Mapping[str, TransformationConfig], image_size: tuple[int, int]
+) -> tuple[tuple[int, int], float]:
+    """Size of the rendered context around each crop, and its scale over the crop, so that no geometric g_θ
+    needs pixels from outside it. One extra pixel covers the bilinear taps.
+
+    The margin always covers the paper's SE(2) ranges (and any larger range requested), so the crops, and with
+    them every family's result, do not depend on which families are evaluated together.
+    """
+    height, width = image_size
+    geometric = [TransformationConfig(family="se2"), *(c for c in configs.values() if c.is_geometric)]
+    reach = max(max(_geometric_reach(config, image_size)) for config in geometric)
+    margin = math.ceil(reach) + 1
+    reference = {c.reference_size for c in geometric}
+    # Prefer a margin that keeps the rescaled reference size an integer (exact pixel parameters).
+    for candidate in range(margin, margin + height + 1):
+        if all((r * (height + 2 * candidate)) % height == 0 for r in reference):
+            margin = candidate
+            break
+    scale = (height + 2 * margin) / height
+    width_margin = math.ceil((width * scale - width) / 2)
+    return (height + 2 * margin, width + 2 * width_margin), scale
+
+
+def _centre(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    top, left = (images.shape[-2] - size[0]) // 2, (images.shape[-1] - size[1]) // 2
+    return images[..., top : top + size[0], left : left + size[1]]
+
+
+def _benchmark_crops(
+    images: Any,
+    test_images: Any | None,
+    *,
+    image_column: str,
+    max_images: int | None,
+    test_fraction: float,
+    num_crops: tuple[int, int],
+    size: tuple[int, int],
+    crop_scale: tuple[float, float],
+    seed: int,
+) -> tuple[CropSet, tuple[int, int]]:
+    """``num_crops[0]`` crops of the training photos followed by ``num_crops[1]`` of the held-out photos, and the
+    number of photos on each side. Held-out photos are ``test_images``, else a seeded split of ``images``."""
+    photos = as_photos(images, image_column=image_column, max_images=max_images)
+    if test_images is not None:
+        held_out = as_photos(test_images, image_column=image_column, max_images=max_images)
+        if not photos or not held_out:
+            raise ValueError("images and test_images must each contain at least one photo.")
+        train_ids, test_ids = list(range(len(photos))), list(range(len(photos), len(photos) + len(held_out)))
+        photos = photos + held_out
+    else:
+        train_ids, test_ids = split_photos(len(photos), test_fraction, seed)
+    photos_tuple = tuple(photos)
+    generator = np.random.default_rng([seed, 2])
+    crops = CropSet.concatenate(
+        CropSet.sample(photos_tuple, train_ids, num_crops[0], size, scale=crop_scale, generator=generator),
+        CropSet.sample(photos_tuple, test_ids, num_crops[1], size, scale=crop_scale, generator=generator),
+    )
+    return crops, (len(train_ids), len(test_ids))
+
+
+def _family_seed(seed: int, name: str) -> np.random.Generator:
+    # Seeded by name, not position: adding or reordering families does not change another family's θ.
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def run_equivariance_benchmark(
+    model: nn.Module,
+    images: Any,
+    *,
+    families: Sequence[str | TransformationConfig] | Mapping[str, TransformationConfig] = DEFAULT_FAMILIES,
+    feature: str = "auto",
+    num_train: int = 2048,
+    num_test: int = 1024,
+    test_images: Any | None = None,
+    test_fraction: float = 0.25,
+    input_spec: InputSpec | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    crop_scale: tuple[float, float] = (0.25, 1.0),
+    border: Literal["context", "fill"] = "context",
+    regressor: RegressorConfig | None = None,
+    multioutput: R2Convention = "global",
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    cache: FeatureCache | None = None,
+    image_column: str = "image",
+    max_images: int | None = None,
+    progress: bool = True,
+) -> EquivarianceResult:
+    """Per-family R² of regressing θ from the frozen features of (I, g_θ(I)).
+
+    Args:
+        model: a frozen vision encoder (``EquiReconModel``, ``ViTModel``, ``Dinov2Model``, ...). It is put in
+            eval mode and, if ``device`` is given, moved there.
+        images: the evaluation photos: a sequence of PIL images / arrays / tensors, or a ``datasets.Dataset``.
+            They are split by photo into regressor-training and held-out photos (``test_fraction``), unless
+            ``test_images`` gives the held-out photos explicitly.
+        families: family names (``"rotation"``, ``"color"``, ``"blur"``, ``"translation"``, ``"se2"``), or
+            ``TransformationConfig`` objects for other ranges, or a mapping ``{name: config}``.
+        feature: the feature kind (:mod:`.features`); ``"auto"``: ``"pooled"`` for EquiRecon, else
+            ``"mean_patch"``.
+        num_train, num_test: number of crops (each with its own θ) to fit the regressor on and to score on.
+        input_spec: resolution and normalisation; default: the model config's ``image_size`` with ImageNet
+            statistics (use :func:`.loading.load_model` to get the checkpoint's own).
+        image_size: overrides the resolution of ``input_spec``.
+        crop_scale: range of each crop's area as a fraction of the largest crop the photo allows.
+        border: what a geometric g_θ (rotation, translation, SE(2)) shows where it moves content in from outside
+            the crop. ``"context"`` (default): the surrounding photo. The crop is rendered with enough margin,
+            transformed, and its centre kept, so g_θ(I) has no fill and the regressor cannot read θ off black
+            corners; it must come from the content. ``"fill"``: the crop itself is transformed, with the black
+            fill the pretraining views have. Non-geometric families always transform the crop itself (colour's
+            contrast is relative to the crop's own mean).
+        regressor: the θ regressor's hyper-parameters (default: SIE's MLP, 50 epochs).
+        multioutput: ``"global"`` (SIE's convention, default) or ``"per_output"`` for the headline R².
+        batch_size: images per forward pass.
+        device: where to run the model and the regressor (default: the model's device).
+        seed: seeds the photo split, crops, θ and the regressor.
+        cache: a :class:`FeatureCache` to reuse features across calls (default: a fresh in-memory one).
+        image_column: image column when ``images`` is a ``datasets.Dataset``.
+        max_images: use only the first ``max_images`` photos (photos are held in memory).
+        progress: show progress bars.
+    """
+    configs = _family_configs(families)
+    if border not in ("context", "fill"):
+        raise ValueError(f"border must be 'context' or 'fill', got {border!r}.")
+    if multioutput not in _MULTIOUTPUT:
+        raise ValueError(f"multioutput must be one of {_MULTIOUTPUT}, got {multioutput!r}.")
+    if num_train < 2 or num_test < 2:
+        raise ValueError(f"num_train and num_test must be at least 2, got {num_train} and {num_test}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if device is not None:
+        model.to(resolve_device(device))
+    with eval_mode(model):
+        spec = (input_spec or InputSpec.from_model(model)).with_size(image_size)
+
+        context_size, context_scale = (
+            _context_size(configs, spec.image_size) if border == "context" else (spec.image_size, 1.0)
+        )
+        crops, num_photos = _benchmark_crops(
+            images,
+            test_images,
+            image_column=image_column,
+            max_images=max_images,
+            test_fraction=test_fraction,
+            num_crops=(num_train, num_test),
+            size=context_size,
+            crop_scale=crop_scale,
+            seed=seed,
+        )
+        params = {
+            name: torch.from_numpy(config.sample(len(crops), _family_seed(seed, name)))
+            for name, config in configs.items()
+        }
+
+        # One 1-image forward first: resolves "auto" and fails early (before any encoding) on an unavailable kind.
+        checker = FeatureExtractor(model, kinds=(feature,))
+        checker.probe(spec.image_size)
+        kind = checker.resolved_kind(feature)
+
+        # A caller's cache may outlive this model, so its keys include the weights; a fresh one cannot.
+        base_key = {"version": _CACHE_VERSION, "crops": crops.fingerprint(), "input": spec.to_dict(), "border": border}
+        if cache is not None:
+            base_key["model"] = model_fingerprint(model)
+        else:
+            cache = FeatureCache()
+        keys = {None: cache_key(**base_key, transformation=None)}
+        for name, config in configs.items():
+            keys[name] = cache_key(**base_key, transformation=config.to_dict(), params=params[name])
+        extractor = FeatureExtractor(model, kinds=("all",))
+        # In context mode, geometric families see the crop rendered with its margin, described by a config whose
+        # reference size grows with the image, so pixel-valued parameters keep their meaning for the centre crop.
+        transform_configs = {
+            name: dataclasses.replace(config, reference_size=round(config.reference_size * context_scale))
+            if border == "context" and config.is_geometric
+            else config
+            for name, config in configs.items()
+        }
+        _extract_missing(extractor, crops, transform_configs, params, keys, cache, spec, batch_size, progress)
+        reference = cache.get(keys[None])
+        assert reference is not None and kind in reference
+
+        device_for_regressor = extractor.device if device is None else resolve_device(device)
+        results: dict[str, FamilyResult] = {}
+        for name, config in tqdm(configs.items(), desc="regressors", unit="family", disable=not progress, leave=False):
+            transformed = cache.get(keys[name])
+            assert transformed is not None
+            result = score_feature_pairs(
+                reference[kind],
+                transformed[kind],
+                params[name],
+                num_train=num_train,
+                family=name,
+                parameter_names=config.parameter_names,
+                regressor=regressor,
+                multioutput=multioutput,
+                seed=seed,
+                device=device_for_regressor,
+            )
+            result.transformation = config.to_dict()
+            results[name] = result
+            logger.info("R² %s = %.4f (train %.4f)", name, result.r2, result.train_r2)
+
+        settings = {
+            "num_train": num_train,
+            "num_test": num_test,
+            "num_train_images": num_photos[0],
+            "num_test_images": num_photos[1],
+            "crop_scale": list(crop_scale),
+            "border": border,
+            "context_size": list(context_size),
+            "input": spec.to_dict(),
+            "regressor": (regressor or RegressorConfig()).to_dict(),
+            "seed": seed,
+            "batch_size": batch_size,
+        }
+        return EquivarianceResult(families=results, feature=kind, multioutput=multioutput, settings=settings)
+
+
+def _extract_missing(
+    extractor: FeatureExtractor,
+    crops: CropSet,
+    configs: Mapping[str, TransformationConfig],
+    params: Mapping[str, torch.Tensor],
+    keys: Mapping[str | None, str],
+    cache: FeatureCache,
+    spec: InputSpec,
+    batch_size: int,
+    progress: bool,
+) -> None:
+    """One pass over the crops that encodes I and g_θ(I) for every family whose features are not cached."""
+    missing = [name for name, key in keys.items() if key not in cache]
+    if not missing:
+        return
+    chunks: dict[str | None, dict[str, list[torch.Tensor]]] = {name: {} for name in missing}
+    description = f"encoding {len(crops)} crops × {len(missing)} ({', '.join(n or 'identity' for n in missing)})"
+    batches = tqdm(
+        crops.batches(batch_size),
+        total=crops.num_batches(batch_size),
+        desc=description,
+        unit="batch",
+        disable=not progress,
+    )
+    for index, context in enumerate(batches):
+        rows = slice(index * batch_size, index * batch_size + context.shape[0])
+        context = context.to(extractor.device)
+        crop = _centre(context, spec.image_size)
+        for name in missing:
+            images = crop
+            if name is not None:
+                config = configs[name]
+                theta = params[name][rows].to(context.device)
+                if config.is_geometric and context.shape[-2:] != crop.shape[-2:]:
+                    images, valid = apply_transformation(context, theta, config)
+                    images, valid = _centre(images, spec.image_size), _centre(valid, spec.image_size)
+                    if bool((valid < 1).any()):  # would let θ leak through fill; the margin is computed to avoid it
+                        raise RuntimeError(f"{name}: the context margin does not cover the transformation.")
+                else:
+                    images, _ = apply_transformation(crop, theta, config)
+            for kind, values in extractor(spec.normalize(images)).items():
+                chunks[name].setdefault(kind, []).append(values)
+    for name in missing:
+        cache.put(keys[name], {kind: torch.cat(values) for kind, values in chunks[name].items()})

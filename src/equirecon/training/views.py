@@ -1,0 +1,316 @@
+"""The per-example CPU half of a transform pair: base views A1/A2 with albumentations, and θ sampling.
+
+A *transform pair* is ``{pixel_values: v1 = A1(I), base_pixel_values: u = A2(I), transform_params: θ}``. g_θ itself
+is not applied here: it runs once per batch on the accelerator (:mod:`equirecon.training.transformations`), which
+keeps the CPU workers as cheap as a plain two-view SSL pipeline.
+
+Randomness is seeded per DataLoader worker and per rank. albumentations 2.0.8 gives every worker an identical copy
+of a seeded ``Compose``, and ``Compose(seed=...)`` seeds each transform with the *same* seed, which correlates
+their coin flips (with ``HorizontalFlip(p=0.5)`` followed by ``ToGray(p=0.2)``, every grey image is also
+flipped). Here one shared generator drives each pipeline, reseeded whenever the object finds itself in a new
+worker, so streams differ across workers, ranks and (with non-persistent workers) epochs.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import random
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from PIL import Image, ImageOps
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from .transformations import TransformationConfig
+
+__all__ = [
+    "VIEW_PRESETS",
+    "TransformPairMaker",
+    "build_view_transform",
+    "seed_view_transform",
+    "to_rgb_uint8",
+]
+
+#: "all": DINOv2 global-crop augmentations; "crop-only": random resized crop only; "none": resize + centre crop.
+VIEW_PRESETS: tuple[str, ...] = ("all", "crop-only", "none")
+
+ImageLike = Image.Image | np.ndarray | torch.Tensor | bytes | dict
+
+
+def build_view_transform(
+    preset: str = "all",
+    size: int = 224,
+    *,
+    image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    crop_scale: tuple[float, float] = (0.32, 1.0),
+    seed: int | None = None,
+    view: Literal[1, 2] = 1,
+) -> A.Compose:
+    """An albumentations pipeline from an RGB uint8 HWC image to a normalised float32 (3, size, size) tensor.
+
+    ``preset="all"`` follows DINOv2's global crops: RandomResizedCrop(scale=crop_scale, bicubic), horizontal flip,
+    colour jitter (0.4, 0.4, 0.2, 0.1; p=0.8), grayscale (p=0.2), Gaussian blur (σ in [0.1, 2], 9 taps) and, for
+    the second view, solarize. As in DINOv2, ``view=1`` always blurs and ``view=2`` blurs with p=0.1 and
+    solarizes with p=0.2. ``"crop-only"`` keeps just the random resized crop (the paper's "rot" setting);
+    ``"none"`` resizes the short side and centre-crops (deterministic, e.g. for evaluation). Shrinking uses area
+    averaging, as torchvision's antialiased PIL resize does. ``seed`` makes the pipeline reproducible (see
+    :func:`seed_view_transform`); :class:`TransformPairMaker` reseeds it per worker anyway.
+    """
+    if preset not in VIEW_PRESETS:
+        raise ValueError(f"preset must be one of {VIEW_PRESETS}, got {preset!r}")
+    if view not in (1, 2):
+        raise ValueError(f"view must be 1 or 2, got {view!r}")
+    if not (isinstance(size, int) and size > 0):
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    low, high = crop_scale
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale!r}")
+
+    crop: list[A.BasicTransform]
+    if preset == "none":
+        crop = [
+            A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_CUBIC, area_for_downscale="image"),
+            A.CenterCrop(size, size),
+        ]
+    else:
+        crop = [
+            A.RandomResizedCrop(
+                size=(size, size), scale=(low, high), interpolation=cv2.INTER_CUBIC, area_for_downscale="image"
+            )
+        ]
+    photometric: list[A.BasicTransform] = []
+    if preset == "all":
+        photometric = [
+            A.HorizontalFlip(p=0.5),
+            A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8),
+            A.ToGray(p=0.2),
+            A.GaussianBlur(blur_limit=(9, 9), sigma_limit=(0.1, 2.0), p=1.0 if view == 1 else 0.1),
+        ]
+        if view == 2:
+            photometric.append(A.Solarize(threshold_range=(0.5, 0.5), p=0.2))
+    transform = A.Compose(
+        [
+            *crop,
+            *photometric,
+            A.Normalize(mean=tuple(image_mean), std=tuple(image_std), max_pixel_value=255.0),
+            ToTensorV2(),
+        ]
+    )
+    if seed is not None:
+        seed_view_transform(transform, seed)
+    return transform
+
+
+def seed_view_transform(transform: A.Compose, seed: int | np.random.SeedSequence) -> None:
+    """Drive every step of ``transform`` from one generator derived from ``seed``.
+
+    Prefer this to ``Compose(seed=...)``/``set_random_seed``, which give each step an identical generator.
+    """
+    sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    numpy_seed, python_seed = sequence.spawn(2)
+    transform.set_random_state(
+        np.random.default_rng(numpy_seed), random.Random(int(python_seed.generate_state(1, np.uint64)[0]))
+    )
+
+
+def to_rgb_uint8(image: ImageLike, *, min_size: int = 32) -> np.ndarray:
+    """Any decodable image → RGB uint8 HWC array, upscaled so its short side is at least ``min_size``.
+
+    Handles what real datasets contain: grayscale, 1-bit, palette (with transparency), RGBA/LA (composited on
+    white, as a viewer shows them), CMYK, 16-bit and 32-bit integer and float images, EXIF-rotated photos,
+    encoded bytes or a ``{"bytes", "path"}`` dict (``datasets.Image(decode=False)``), numpy HWC/HW arrays and
+    CHW torch tensors. Raises on undecodable input; the data pipeline counts and skips those.
+    """
+    if isinstance(image, dict):
+        if image.get("bytes") is not None:
+            image = image["bytes"]
+        elif image.get("path"):
+            image = Image.open(image["path"])
+        else:
+            raise ValueError("image dict has neither 'bytes' nor 'path'")
+    if isinstance(image, bytes | bytearray | memoryview):
+        image = Image.open(io.BytesIO(image))
+    if isinstance(image, str | os.PathLike):
+        image = Image.open(image)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+        if image.ndim == 3 and image.shape[0] in (1, 3, 4):
+            image = np.moveaxis(image, 0, -1)
+
+    if isinstance(image, Image.Image):
+        array = _pil_to_rgb(image)
+    elif isinstance(image, np.ndarray):
+        array = _array_to_rgb(image)
+    else:
+        raise TypeError(f"unsupported image type {type(image).__name__}")
+
+    height, width = array.shape[:2]
+    if min(height, width) < min_size:
+        scale = min_size / min(height, width)
+        new_size = (max(min_size, round(width * scale)), max(min_size, round(height * scale)))
+        array = cv2.resize(array, new_size, interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(array)
+
+
+def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+    image.load()  # decode now, so truncated or corrupt files fail here
+    if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation
+        image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode == "RGB":
+        return np.asarray(image)
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float: PIL's convert would clip at 255
+        return _array_to_rgb(np.asarray(image))
+    return np.asarray(image.convert("RGB"))  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(f"expected an HW, HWC (C in 1, 3, 4) image array, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError("empty image")
+    array = _to_uint8(array)
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=-1)
+    if array.shape[-1] == 4:
+        alpha = array[..., 3:].astype(np.float32) / 255.0
+        return np.round(array[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return array
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Rescale by the data's range: 16-bit by 1/257, float [0, 1] by 255, float [0, 255] as is, else min-max."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise ValueError("image contains non-finite values")
+        if array.min() >= 0.0 and array.max() <= 1.0:
+            return np.round(array * 255.0).astype(np.uint8)
+        if array.min() >= 0.0 and array.max() <= 255.0:
+            return np.round(array).astype(np.uint8)
+    elif array.dtype.kind in "iu":
+        if array.min() >= 0 and array.max() <= 255 and array.dtype.itemsize > 2:
+            return array.astype(np.uint8)  # 8-bit data stored in a wide integer mode ("I")
+        if array.min() >= 0 and array.max() <= 65535:
+            return np.round(array.astype(np.float32) / 257.0).astype(np.uint8)
+    else:
+        raise ValueError(f"unsupported image dtype {array.dtype}")
+    low, high = float(array.min()), float(array.max())
+    scaled = (array.astype(np.float64) - low) / (high - low) if high > low else np.zeros(array.shape)
+    return np.round(scaled * 255.0).astype(np.uint8)
+
+
+class TransformPairMaker:
+    """Per-example CPU work: v1 = A1(I), u = A2(I), θ sampled. Seeds itself per DataLoader worker and per rank.
+
+    Picklable; each copy reseeds itself the first time it runs in a new process or DataLoader worker, from
+    ``(seed, rank, worker seed)``. The worker seed is torch's per-worker seed, which differs per worker and per
+    DataLoader iterator (epoch) and is reproducible under ``torch.manual_seed`` (which ``Trainer`` sets).
+    ``rank`` defaults to the ``torch.distributed`` rank, else ``$RANK``, else 0.
+
+    The batch-level counterpart needs the same ``transformation``, ``image_mean`` and ``image_std``, which are
+    kept as attributes.
+
+    ``u`` (``base_pixel_values``) is ``base_size`` pixels square: the view plus a context margin of
+    ``context`` × ``size`` (default: :attr:`TransformationConfig.context_ratio`, the least that keeps the largest θ
+    inside real pixels; 1 for black fill). v1 is ``size`` pixels square.
+    """
+
+    def __init__(
+        self,
+        transformation: TransformationConfig,
+        *,
+        view_preset: str = "all",
+        size: int = 224,
+        image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        crop_scale: tuple[float, float] = (0.32, 1.0),
+        seed: int = 0,
+        rank: int | None = None,
+        min_image_size: int = 32,
+        context: float | None = None,
+    ) -> None:
+        if not isinstance(transformation, TransformationConfig):
+            raise TypeError(f"transformation must be a TransformationConfig, got {type(transformation).__name__}")
+        if not (isinstance(seed, int) and seed >= 0):
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if rank is not None and not (isinstance(rank, int) and rank >= 0):
+            raise ValueError(f"rank must be a non-negative int or None, got {rank!r}")
+        if not (isinstance(min_image_size, int) and min_image_size >= 1):
+            raise ValueError(f"min_image_size must be a positive int, got {min_image_size!r}")
+        self.transformation = transformation
+        self.view_preset = view_preset
+        self.size = size
+        self.image_mean = tuple(float(m) for m in image_mean)
+        self.image_std = tuple(float(s) for s in image_std)
+        self.seed = seed
+        self.rank = rank
+        self.min_image_size = min_image_size
+        common: dict[str, Any] = {"image_mean": image_mean, "image_std": image_std, "crop_scale": crop_scale}
+        ratio = transformation.context_ratio if context is None else context
+        if not ratio >= 1.0:
+            raise ValueError(f"context must be >= 1 (a multiple of the view's side), got {context!r}")
+        # u carries a margin around the view (an even number of pixels on each side), from which g_θ draws real
+        # pixels instead of black fill; the trainer crops the view from the centre after g_θ.
+        self.base_size = size + 2 * math.ceil(size * (ratio - 1) / 2 - 1e-9)
+        self.view1 = build_view_transform(view_preset, size, view=1, **common)
+        self.view2 = build_view_transform(view_preset, self.base_size, view=2, **common)
+        self._generator: np.random.Generator | None = None
+        self._seeded_for: tuple | None = None
+
+    def __call__(self, image: ImageLike) -> dict[str, torch.Tensor]:
+        self._ensure_seeded()
+        array = to_rgb_uint8(image, min_size=self.min_image_size)
+        theta = self.transformation.sample(1, self._generator)[0]
+        return {
+            "pixel_values": self.view1(image=array)["image"],
+            "base_pixel_values": self.view2(image=array)["image"],
+            "transform_params": torch.from_numpy(theta),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(family={self.transformation.family!r}, view_preset={self.view_preset!r}, "
+            f"size={self.size}, seed={self.seed}, rank={self.rank})"
+        )
+
+    @property
+    def resolved_rank(self) -> int:
+        if self.rank is not None:
+            return self.rank
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank()
+        return int(os.environ.get("RANK", 0))
+
+    def _ensure_seeded(self) -> None:
+        info = torch.utils.data.get_worker_info()
+        context = (os.getpid(), None if info is None else info.id, None if info is None else info.seed)
+        if context == self._seeded_for:
+            return
+        worker_seed = 0 if info is None else info.seed
+        sequence = np.random.SeedSequence([self.seed, self.resolved_rank, worker_seed])
+        view1_seed, view2_seed, theta_seed = sequence.spawn(3)
+        seed_view_transform(self.view1, view1_seed)
+        seed_view_transform(self.view2, view2_seed)
+        self._generator = np.random.default_rng(theta_seed)
+        self._seeded_for = context

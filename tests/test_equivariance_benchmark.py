@@ -1,0 +1,269 @@
+"""The equivariance R² benchmark: the regression half on synthetic features, then the whole pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from transformers import ViTConfig, ViTModel
+
+from equirecon.evaluation.cache import FeatureCache
+from equirecon.evaluation.crops import CropSet, split_photos
+from equirecon.evaluation.equivariance import run_equivariance_benchmark, score_feature_pairs
+from equirecon.evaluation.loading import InputSpec
+from equirecon.evaluation.regression import RegressorConfig
+from equirecon.training.transformations import TransformationConfig
+
+# Small and quick (fewer, larger steps than SIE's MLP); the protocol itself is the default RegressorConfig.
+SMALL_REGRESSOR = RegressorConfig(hidden_sizes=(64, 64), epochs=20, batch_size=128, learning_rate=5e-3)
+SPEC = InputSpec(image_size=(32, 32), image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25))
+
+
+def _theta(family, count, seed=0):
+    config = TransformationConfig(family=family)
+    return config, torch.from_numpy(config.sample(count, np.random.default_rng(seed)))
+
+
+# ----------------------------------------------------------------------------------- regression on features
+
+
+@pytest.mark.parametrize("family", ["rotation", "translation", "color"])
+def test_features_containing_theta_give_r2_near_one(family):
+    config, theta = _theta(family, 600)
+    rng = np.random.default_rng(1)
+    content = torch.tensor(rng.normal(size=(600, 8)), dtype=torch.float32)
+    embedding = torch.tensor(rng.normal(size=(config.num_parameters, 8)), dtype=torch.float32)
+    # f(I) is image content; f(g_θ(I)) is the same content moved by a linear code of θ (each parameter
+    # standardised, so a small-range one such as hue is as visible as the others).
+    code = (theta - theta.mean(0)) / theta.std(0)
+    result = score_feature_pairs(
+        content,
+        content + code @ embedding,
+        theta,
+        num_train=400,
+        family=family,
+        parameter_names=config.parameter_names,
+        regressor=SMALL_REGRESSOR,
+    )
+    assert result.r2 > 0.95 and result.r2_global > 0.95 and result.r2_per_output > 0.95
+    assert min(result.per_parameter_r2.values()) > 0.9
+    assert list(result.per_parameter_r2) == list(config.parameter_names)
+    assert (result.num_train, result.num_test) == (400, 200)
+
+
+@pytest.mark.parametrize("convention", ["global", "per_output"])
+def test_constant_and_invariant_features_give_r2_near_zero(convention):
+    config, theta = _theta("color", 600)
+    constant = torch.full((600, 8), 0.3)
+    result = score_feature_pairs(
+        constant, constant, theta, num_train=400, regressor=SMALL_REGRESSOR, multioutput=convention
+    )
+    assert -0.1 < result.r2 < 0.02  # slightly negative: train and test θ means differ
+    # Invariant features (f(g_θ(I)) = f(I)) vary with the image but carry no θ either.
+    content = torch.tensor(np.random.default_rng(2).normal(size=(600, 8)), dtype=torch.float32)
+    result = score_feature_pairs(
+        content, content, theta, num_train=400, regressor=SMALL_REGRESSOR, multioutput=convention
+    )
+    assert result.r2 < 0.05
+
+
+def test_score_feature_pairs_validates_shapes():
+    with pytest.raises(ValueError, match="same N samples"):
+        score_feature_pairs(torch.zeros(10, 4), torch.zeros(9, 4), torch.zeros(10, 1), num_train=5)
+    with pytest.raises(ValueError, match="at least 2 samples on each side"):
+        score_feature_pairs(torch.zeros(10, 4), torch.zeros(10, 4), torch.zeros(10, 1), num_train=9)
+
+
+# ------------------------------------------------------------------------------------------- whole pipeline
+
+
+def _photos():
+    return [
+        skimage.data.astronaut(),
+        skimage.data.chelsea(),
+        skimage.data.coffee(),
+        skimage.data.rocket(),
+        skimage.data.camera(),
+    ]
+
+
+class _Output:
+    def __init__(self, last_hidden_state):
+        self.last_hidden_state = last_hidden_state
+
+
+class _MeanColour(torch.nn.Module):
+    """Features: each patch's mean colour. Brightness scales them, so they carry the brightness factor."""
+
+    num_prefix_tokens = 0
+
+    def forward(self, pixel_values):
+        return _Output(torch.nn.functional.avg_pool2d(pixel_values, 8).flatten(2).transpose(1, 2))
+
+
+class _Constant(torch.nn.Module):
+    num_prefix_tokens = 0
+
+    def forward(self, pixel_values):
+        return _Output(torch.ones(pixel_values.shape[0], 4, 6))
+
+
+class _BlackCorners(torch.nn.Module):
+    """CLS: where the input is exactly black (the fill of a geometric g_θ), on a 4×4 grid. Blind to content."""
+
+    num_prefix_tokens = 1
+
+    def forward(self, pixel_values):
+        black_value = -SPEC.image_mean[0] / SPEC.image_std[0]
+        black = (pixel_values <= black_value + 1e-4).float().mean(1, keepdim=True)
+        grid = torch.nn.functional.adaptive_avg_pool2d(black, 4).flatten(1)
+        return _Output(torch.stack([grid, torch.zeros_like(grid)], dim=1))
+
+
+def _tiny_vit():
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    return ViTModel(config, add_pooling_layer=False)
+
+
+def test_pipeline_recovers_theta_from_features_that_carry_it():
+    brightness_only = TransformationConfig(
+        family="color", contrast_range=(0, 0), saturation_range=(0, 0), hue_range=(0, 0)
+    )
+    kwargs = {"num_train": 384, "num_test": 192, "input_spec": SPEC, "regressor": SMALL_REGRESSOR, "progress": False}
+    carrying = run_equivariance_benchmark(_MeanColour(), _photos(), families={"brightness": brightness_only}, **kwargs)
+    assert carrying.feature == "mean_patch"
+    assert carrying.families["brightness"].per_parameter_r2["brightness"] > 0.9
+    assert carrying.r2["brightness"] > 0.9
+    constant = run_equivariance_benchmark(_Constant(), _photos(), families=["rotation", "blur"], **kwargs)
+    assert all(-0.05 < value < 0.02 for value in constant.r2.values())
+
+
+def test_context_border_hides_the_fill_cue():
+    # With black fill, θ can be read off the corners of g_θ(I) without looking at the content; rendering the crop
+    # with real surroundings ("context", the default) removes that shortcut.
+    kwargs = {
+        "num_train": 384,
+        "num_test": 192,
+        "input_spec": SPEC,
+        "regressor": SMALL_REGRESSOR,
+        "progress": False,
+        "feature": "cls",
+        "families": ["rotation"],
+    }
+    filled = run_equivariance_benchmark(_BlackCorners(), _photos(), border="fill", **kwargs)
+    context = run_equivariance_benchmark(_BlackCorners(), _photos(), **kwargs)
+    assert filled.r2["rotation"] > 0.7
+    assert abs(context.r2["rotation"]) < 0.05
+    assert context.settings["context_size"] == [54, 54] and filled.settings["context_size"] == [32, 32]
+
+
+def test_pipeline_on_a_tiny_vit_is_deterministic_cached_and_serialisable(tmp_path):
+    model = _tiny_vit()
+    calls = []
+    model.register_forward_hook(lambda module, args, output: calls.append(1))
+    kwargs = {
+        "num_train": 96,
+        "num_test": 48,
+        "input_spec": SPEC,
+        "regressor": SMALL_REGRESSOR,
+        "progress": False,
+        "batch_size": 32,
+    }
+    cache = FeatureCache(tmp_path / "cache")
+    result = run_equivariance_benchmark(model, _photos(), cache=cache, **kwargs)
+    assert list(result.r2) == ["rotation", "color", "blur", "translation"]
+    assert result.feature == "mean_patch" and result.multioutput == "global"
+    assert all(np.isfinite(list(result.r2.values())))
+    assert result.mean_r2 == pytest.approx(np.mean(list(result.r2.values())))
+    assert result.families["translation"].parameter_names == ("tx", "ty")
+    assert result.settings["num_train_images"] + result.settings["num_test_images"] == 5
+    # 1 probe forward + 5 passes (I and 4 families) of 144 crops in batches of 32.
+    assert len(calls) == 1 + 5 * 5
+
+    calls.clear()
+    other_convention = run_equivariance_benchmark(
+        model, _photos(), cache=FeatureCache(tmp_path / "cache"), multioutput="per_output", **kwargs
+    )
+    assert len(calls) == 1  # features came from the disk cache; only the kind check ran the model
+    for name, family in other_convention.families.items():
+        assert family.r2 == family.r2_per_output
+        assert family.r2_global == pytest.approx(result.families[name].r2_global)  # same features, same fit
+
+    again = run_equivariance_benchmark(model, _photos(), **kwargs)
+    assert again.to_dict() == result.to_dict()
+    json.dumps(result.to_dict())
+    entries = result.to_eval_results("embedded photos")
+    assert len(entries) == 5 and entries[-1]["metric_name"] == "R² mean"
+    assert "| mean_patch |" in result.table()
+
+    alone = run_equivariance_benchmark(model, _photos(), families=["translation"], **kwargs)
+    assert alone.r2["translation"] == result.r2["translation"]  # a family's result ignores the other families
+
+    different_seed = run_equivariance_benchmark(model, _photos(), seed=1, **kwargs)
+    assert different_seed.r2 != result.r2
+
+
+def test_cache_keys_depend_on_the_weights(tmp_path):
+    model = _tiny_vit()
+    kwargs = {
+        "num_train": 16,
+        "num_test": 8,
+        "input_spec": SPEC,
+        "families": ["blur"],
+        "progress": False,
+        "regressor": RegressorConfig(hidden_sizes=(8,), epochs=1),
+        "cache": FeatureCache(tmp_path),
+    }
+    run_equivariance_benchmark(model, _photos(), **kwargs)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    calls = []
+    model.register_forward_hook(lambda module, args, output: calls.append(1))
+    run_equivariance_benchmark(model, _photos(), **kwargs)
+    assert len(calls) > 1  # changed weights: re-encoded, not served stale features
+
+
+def test_feature_kind_is_checked_before_encoding():
+    with pytest.raises(ValueError, match="EquiRecon"):
+        run_equivariance_benchmark(_tiny_vit(), _photos(), feature="equivariant", input_spec=SPEC, progress=False)
+
+
+def test_equirecon_model_defaults_to_pooled_features(tiny_equirecon_config):
+    from equirecon import EquiReconModel
+
+    torch.manual_seed(0)
+    model = EquiReconModel(tiny_equirecon_config).train()  # as inside a training loop
+    result = run_equivariance_benchmark(
+        model,
+        _photos(),
+        families=["rotation"],
+        num_train=32,
+        num_test=16,
+        progress=False,
+        regressor=RegressorConfig(hidden_sizes=(16,), epochs=2),
+    )
+    assert result.feature == "pooled" and result.settings["input"]["image_size"] == [32, 32]
+    assert model.training  # handed back in the mode it came in
+
+
+def test_crops_are_held_out_by_photo():
+    photos = [torch.rand(3, 40 + 10 * i, 64).mul(255).byte().permute(1, 2, 0).numpy() for i in range(6)]
+    from equirecon.evaluation.crops import as_photos
+
+    pil = tuple(as_photos(photos))
+    train_ids, test_ids = split_photos(len(pil), 0.34, seed=0)
+    assert len(test_ids) == 2 and not set(train_ids) & set(test_ids)
+    generator = np.random.default_rng(0)
+    crops = CropSet.sample(pil, test_ids, 50, (16, 16), scale=(0.25, 1.0), generator=generator)
+    assert set(crops.photo_index.tolist()) <= set(test_ids)
+    for index, (left, top, right, bottom) in zip(crops.photo_index, crops.boxes, strict=True):
+        assert 0 <= left < right <= pil[index].width and 0 <= top < bottom <= pil[index].height
+        assert right - left == pytest.approx(bottom - top)  # aspect ratio of the 16×16 output
+    rendered = crops.render(slice(0, 5))
+    assert rendered.shape == (5, 3, 16, 16) and 0.0 <= rendered.min() and rendered.max() <= 1.0
+    with pytest.raises(ValueError, match="at least 2 images"):
+        split_photos(1, 0.25, seed=0)
