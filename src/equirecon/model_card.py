@@ -2,7 +2,7 @@
 
 Sources in the directory: `config.json`, `equirecon_run.json` (written by `equirecon pretrain`), and
 `equivariance_results.json` (the equivariance benchmark, written by `equirecon pretrain` or
-`equirecon evaluate equivariance --output`). Results become the card's `model-index`.
+`equirecon evaluate equivariance --output`, with its `model-index` entries under `eval_results`).
 """
 
 from __future__ import annotations
@@ -52,24 +52,6 @@ def _transformation_ranges(transformation: dict[str, Any]) -> str:
         if low is not None:
             parts.append(_PARAMETER_UNITS[name].format(f"in [{low:g}, {high:g}]"))
     return "; ".join(parts) or "default ranges of the paper's Table 2"
-
-
-def equivariance_eval_results(result: dict[str, Any], dataset_name: str) -> list[EvalResult]:
-    """`model-index` entries from an equivariance benchmark result (`EquivarianceResult.to_dict()`)."""
-    entries = [*((f"R² {family}", value) for family, value in result["r2"].items()), ("R² mean", result["mean_r2"])]
-    return [
-        EvalResult(
-            task_type="image-feature-extraction",
-            task_name=f"Equivariance (θ regression from {result['feature']} features)",
-            dataset_type=dataset_name,
-            dataset_name=dataset_name,
-            metric_type="r_squared",
-            metric_name=name,
-            metric_value=round(float(value), 4),
-            metric_config=result.get("r2_convention", "global"),
-        )
-        for name, value in entries
-    ]
 
 
 def _training_summary(run: dict[str, Any] | None) -> str:
@@ -140,7 +122,6 @@ def build_model_card(model_dir: str | Path, model_name: str | None = None, repo_
     transformation = config.get("transformation") or {"family": "se2"}
     objective = _OBJECTIVE_NAMES.get(config["ssl_objective"], config["ssl_objective"])
     dataset = (run or {}).get("data_arguments", {}).get("dataset", "embedded")
-    dataset_name = "equirecon embedded photos (held-out)" if dataset == "embedded" else dataset
     name = model_name or directory.resolve().name
 
     card_data = ModelCardData(
@@ -157,7 +138,8 @@ def build_model_card(model_dir: str | Path, model_name: str | None = None, repo_
         ],
         datasets=[dataset] if dataset != "embedded" else None,
         model_name=name,
-        eval_results=equivariance_eval_results(equivariance, dataset_name) if equivariance else None,
+        # Written next to the results by the benchmark itself (EquivarianceResult.to_eval_results).
+        eval_results=[EvalResult(**entry) for entry in (equivariance or {}).get("eval_results", [])] or None,
     )
     template = resources.files("equirecon").joinpath("templates/model_card.md").read_text()
     d_patch, d_equi = config["d_patch"], config["d_equi"]

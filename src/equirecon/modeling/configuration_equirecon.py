@@ -67,6 +67,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "decoder_patch_channels": 16,
         "decoder_hidden_channels": 32,
         "transformation": {"family": "rotation"},
+        # A UPerNet head as wide as ViT-S/16's (512) would dwarf this encoder on a CPU.
+        "segmentation_channels": 64,
+        "auxiliary_channels": 32,
     },
 }
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from transformers import HfArgumentParser, ViTImageProcessorPil
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.trainer_utils import get_last_checkpoint
@@ -25,6 +24,13 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..model_card import EQUIVARIANCE_FILE, RUN_FILE, write_model_card
 from ..modeling import EquiReconConfig, EquiReconForPreTraining
 from .arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
+from .command_line import (
+    ArgumentError,
+    check_output_dir,
+    parse_config_overrides,
+    parse_dataclass_arguments,
+    pop_config_file,
+)
 from .data import build_transform_pair_dataset, collate_transform_pairs, find_image_column, load_images
 from .trainer import EquiReconTrainer
 from .transformations import TransformationConfig, center_crop, make_transformed_pair
@@ -33,76 +39,19 @@ from .views import TransformPairMaker
 logger = logging.getLogger(__name__)
 
 
-class ArgumentError(ValueError):
-    """A bad command-line or recipe argument, reported as one line before any training starts."""
-
-
-def config_file_to_argv(path: str) -> list[str]:
-    """A JSON or YAML recipe as command-line arguments, so that arguments given after it override it."""
-    file = Path(path)
-    if not file.is_file():
-        raise ArgumentError(f"--config {path}: no such file")
-    text = file.read_text()
-    values = yaml.safe_load(text) if file.suffix in (".yaml", ".yml") else json.loads(text)
-    if not isinstance(values, dict):
-        raise ArgumentError(f"--config {path}: expected a mapping of argument names to values")
-    argv: list[str] = []
-    for key, value in values.items():
-        if isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
-        elif isinstance(value, list):
-            argv += [f"--{key}", *map(str, value)]
-        elif value is None:
-            argv += [f"--{key}", "None"]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
-
-
 Arguments = tuple[ModelArguments, DataArguments, EquiReconTrainingArguments, EvaluationArguments]
 
 
 def parse_arguments(argv: list[str]) -> Arguments:
     """Recipe file first, then the command line; unknown keys and invalid values raise `ArgumentError`."""
-    argv = list(argv)
-    if "--config" in argv:
-        index = argv.index("--config")
-        if index + 1 >= len(argv):
-            raise ArgumentError("--config needs a file name")
-        argv = config_file_to_argv(argv[index + 1]) + argv[:index] + argv[index + 2 :]
+    recipe, argv = pop_config_file(list(argv))
     parser = HfArgumentParser((ModelArguments, DataArguments, EquiReconTrainingArguments, EvaluationArguments))
-
-    def report(message: str) -> None:  # argparse would print the whole usage of ~200 TrainingArguments
-        raise ArgumentError(message)
-
-    parser.error = report
-    try:
-        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    except ValueError as error:
-        raise ArgumentError(str(error).splitlines()[0]) from error
-    if remaining:
-        raise ArgumentError(f"unknown argument(s): {' '.join(remaining)} (see `equirecon pretrain --help`)")
-    return tuple(parsed)
-
-
-def _parse_overrides(overrides: str | None) -> dict[str, Any]:
-    if not overrides:
-        return {}
-    values = {}
-    for item in overrides.split(","):
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ArgumentError(f"--config_overrides item {item!r} is not key=value")
-        try:
-            values[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key.strip()] = raw
-    return values
+    return parse_dataclass_arguments(parser, recipe + argv, "pretrain")
 
 
 def build_model(model_args: ModelArguments, training_args: EquiReconTrainingArguments) -> EquiReconForPreTraining:
     """A new model from a preset (or a transformers encoder checkpoint), or an EquiRecon checkpoint to continue."""
-    overrides = _parse_overrides(model_args.config_overrides)
+    overrides = parse_config_overrides(model_args.config_overrides)
     if training_args.num_intermediates is not None:
         overrides["num_intermediates"] = training_args.num_intermediates
     if training_args.reconstruction_weight is not None:
@@ -123,17 +72,6 @@ def build_model(model_args: ModelArguments, training_args: EquiReconTrainingArgu
             model_args.backbone_name_or_path, config=config, backbone_kwargs={"trust_remote_code": False}
         )
     return EquiReconForPreTraining(config)
-
-
-def check_output_dir(path: str) -> None:
-    directory = Path(path)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".equirecon-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise ArgumentError(f"--output_dir {path} is not writable ({error.strerror})") from error
 
 
 def build_datasets(
@@ -274,7 +212,7 @@ def evaluate_equivariance(
 
     The embedded photos keep their split (regressor fitted on crops of the training photos, scored on the held-out
     ones); other datasets use their validation split, divided by photo."""
-    from ..evaluation.equivariance import RegressorConfig, run_equivariance_benchmark
+    from ..evaluation import RegressorConfig, run_equivariance_benchmark
 
     if data_args.dataset == "embedded":
         images, test_images = load_images("embedded", split="train"), load_images("embedded", split="validation")
@@ -292,7 +230,9 @@ def evaluate_equivariance(
         image_column=data_args.image_column or "image",
         seed=seed,
     )
-    results = result.to_dict()
+    dataset_name = "equirecon embedded photos (held-out)" if data_args.dataset == "embedded" else data_args.dataset
+    # The shape `equirecon evaluate equivariance --output` writes: the result, then its model-index entries.
+    results = {**result.to_dict(), "dataset": dataset_name, "eval_results": result.to_eval_results(dataset_name)}
     (output_dir / EQUIVARIANCE_FILE).write_text(json.dumps(results, indent=2))
     logger.info("Equivariance benchmark:\n%s", result.table())
     return results

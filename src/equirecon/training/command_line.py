@@ -1,0 +1,92 @@
+"""What `equirecon pretrain` and `equirecon finetune` share on the command line: recipes (`--config FILE`),
+`--config_overrides`, one-line argument errors, and the output-directory check, all before any training starts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+
+class ArgumentError(ValueError):
+    """A bad command-line or recipe argument, reported as one line before any training starts."""
+
+
+def config_file_to_argv(path: str) -> list[str]:
+    """A JSON or YAML recipe as command-line arguments, so that arguments given after it override it."""
+    file = Path(path)
+    if not file.is_file():
+        raise ArgumentError(f"--config {path}: no such file")
+    text = file.read_text()
+    values = yaml.safe_load(text) if file.suffix in (".yaml", ".yml") else json.loads(text)
+    if not isinstance(values, dict):
+        raise ArgumentError(f"--config {path}: expected a mapping of argument names to values")
+    argv: list[str] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        elif isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
+        elif value is None:
+            argv += [f"--{key}", "None"]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def pop_config_file(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split `--config FILE` out of `argv`: (the recipe's arguments, the remaining command line)."""
+    if "--config" not in argv:
+        return [], list(argv)
+    index = argv.index("--config")
+    if index + 1 >= len(argv):
+        raise ArgumentError("--config needs a file name")
+    return config_file_to_argv(argv[index + 1]), argv[:index] + argv[index + 2 :]
+
+
+def parse_config_overrides(overrides: str | None) -> dict[str, Any]:
+    """`--config_overrides 'd_patch=512,ssl_objective=simclr'` as a dict; values are JSON where they parse."""
+    if not overrides:
+        return {}
+    values = {}
+    for item in overrides.split(","):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ArgumentError(f"--config_overrides item {item!r} is not key=value")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    return values
+
+
+def parse_dataclass_arguments(parser: HfArgumentParser, argv: Sequence[str], command: str) -> tuple[Any, ...]:
+    """`parser`'s dataclasses from `argv`; anything unknown or invalid raises a one-line `ArgumentError`."""
+
+    def report(message: str) -> None:  # argparse would print the whole usage of ~200 TrainingArguments
+        raise ArgumentError(message)
+
+    parser.error = report
+    try:
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
+    except ValueError as error:
+        raise ArgumentError(str(error).splitlines()[0]) from error
+    if remaining:
+        raise ArgumentError(f"unknown argument(s): {' '.join(remaining)} (see `equirecon {command} --help`)")
+    return tuple(parsed)
+
+
+def check_output_dir(path: str) -> None:
+    """Fail now, not after hours of training, if the run cannot be written."""
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".equirecon-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ArgumentError(f"--output_dir {path} is not writable ({error.strerror})") from error
