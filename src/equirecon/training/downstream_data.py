@@ -45,7 +45,7 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageDraw
 
 from .data import IMAGE_EXTENSIONS, embedded_photos, find_image_column
-from .views import seed_view_transform, to_rgb_uint8
+from .views import seed_view_transform, to_rgb_uint8, worker_context
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -677,8 +677,7 @@ class DownstreamTransform:
         self._seeded_for: tuple | None = None
 
     def _ensure_seeded(self) -> None:
-        info = torch.utils.data.get_worker_info()
-        context = (os.getpid(), None if info is None else info.id, None if info is None else info.seed)
+        context = worker_context()
         if context != self._seeded_for:
             seed_view_transform(self.transform, np.random.SeedSequence([self.seed, self.rank, context[2] or 0]))
             self._seeded_for = context

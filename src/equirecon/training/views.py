@@ -36,6 +36,7 @@ __all__ = [
     "build_view_transform",
     "seed_view_transform",
     "to_rgb_uint8",
+    "worker_context",
 ]
 
 #: "all": DINOv2 global-crop augmentations; "crop-only": random resized crop only; "none": resize + centre crop.
@@ -220,6 +221,13 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return np.round(scaled * 255.0).astype(np.uint8)
 
 
+def worker_context() -> tuple[int, int | None, int | None]:
+    """(process id, DataLoader worker id, torch's worker seed): it changes exactly when a pickled copy of a
+    per-example transform starts running somewhere new, which is when it must reseed itself."""
+    info = torch.utils.data.get_worker_info()
+    return os.getpid(), None if info is None else info.id, None if info is None else info.seed
+
+
 class TransformPairMaker:
     """Per-example CPU work: v1 = A1(I), u = A2(I), θ sampled. Seeds itself per DataLoader worker and per rank.
 
@@ -303,12 +311,10 @@ class TransformPairMaker:
         return int(os.environ.get("RANK", 0))
 
     def _ensure_seeded(self) -> None:
-        info = torch.utils.data.get_worker_info()
-        context = (os.getpid(), None if info is None else info.id, None if info is None else info.seed)
+        context = worker_context()
         if context == self._seeded_for:
             return
-        worker_seed = 0 if info is None else info.seed
-        sequence = np.random.SeedSequence([self.seed, self.resolved_rank, worker_seed])
+        sequence = np.random.SeedSequence([self.seed, self.resolved_rank, context[2] or 0])
         view1_seed, view2_seed, theta_seed = sequence.spawn(3)
         seed_view_transform(self.view1, view1_seed)
         seed_view_transform(self.view2, view2_seed)
