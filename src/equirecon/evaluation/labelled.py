@@ -27,7 +27,7 @@ from ..training.data import find_image_column, load_images
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BUILTIN_LABELLED_SETS", "LabelledImages", "load_labelled_images"]
+__all__ = ["BUILTIN_LABELLED_SETS", "LabelledImages", "builtin_labelled_arrays", "load_labelled_images"]
 
 BUILTIN_LABELLED_SETS: dict[str, str] = {
     "digits": "scikit-learn's bundled handwritten digits (1797 greyscale 8×8 images, 10 classes)",
@@ -66,7 +66,11 @@ def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tu
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _builtin(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def builtin_labelled_arrays(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """An offline labelled set as uint8 greyscale images (N, H, W), int64 labels and class names: ``"digits"``
+    (scikit-learn, 0..16 grey levels scaled to 0..255) or ``"lfw_subset"`` (scikit-image, faces are label 1)."""
+    if name not in BUILTIN_LABELLED_SETS:
+        raise ValueError(f"unknown built-in labelled set {name!r}; choose one of {sorted(BUILTIN_LABELLED_SETS)}")
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -143,7 +147,7 @@ def load_labelled_images(
     if isinstance(source, str) and source in BUILTIN_LABELLED_SETS:
         if test_split is not None:
             raise ValueError(f"the built-in set {source!r} has a single split; use test_fraction instead.")
-        images, labels, names = _builtin(source)
+        images, labels, names = builtin_labelled_arrays(source)
         train_idx, test_idx = _stratified_split(labels, test_fraction, seed)
         train_idx, test_idx = _subsample(train_idx, max_images, seed), _subsample(test_idx, max_images, seed + 1)
         return LabelledImages(

@@ -44,6 +44,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageDraw
 
+from ..evaluation.labelled import builtin_labelled_arrays
 from .data import IMAGE_EXTENSIONS, embedded_photos, find_image_column
 from .views import seed_view_transform, to_rgb_uint8, worker_context
 
@@ -153,31 +154,19 @@ def _grey_images_dataset(images: np.ndarray, labels: np.ndarray, names: Sequence
 
 
 @functools.cache
-def _digits() -> datasets.DatasetDict:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 17 grey levels, 0..16 → 0..255
-    return _stratified_split(_grey_images_dataset(images, digits.target, [str(i) for i in range(10)]), 0.2, 0)
+def _builtin_splits(name: str) -> datasets.DatasetDict:
+    images, labels, names = builtin_labelled_arrays(name)
+    return _stratified_split(_grey_images_dataset(images, labels, names), 0.2, 0)
 
 
 def digits_dataset() -> datasets.DatasetDict:
     """scikit-learn's digits as ``train`` (1,437) and ``validation`` (360) splits, stratified, always the same."""
-    return datasets.DatasetDict({split: dataset for split, dataset in _digits().items()})
-
-
-@functools.cache
-def _lfw_subset() -> datasets.DatasetDict:
-    from skimage.data import lfw_subset
-
-    images = np.round(lfw_subset() * 255.0).astype(np.uint8)  # the first 100 are faces, the last 100 not
-    labels = np.repeat(np.array([0, 1]), len(images) // 2)
-    return _stratified_split(_grey_images_dataset(images, labels, ["face", "non-face"]), 0.2, 0)
+    return datasets.DatasetDict(dict(_builtin_splits("digits")))
 
 
 def lfw_subset_dataset() -> datasets.DatasetDict:
     """scikit-image's ``lfw_subset`` as ``train`` (160) and ``validation`` (40) splits, stratified, always the same."""
-    return datasets.DatasetDict({split: dataset for split, dataset in _lfw_subset().items()})
+    return datasets.DatasetDict(dict(_builtin_splits("lfw_subset")))
 
 
 def _shape_polygon(kind: int, centre: np.ndarray, radius: float, angle: float) -> list[tuple[float, float]] | None:
