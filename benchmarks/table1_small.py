@@ -1,23 +1,28 @@
-"""The paper's Table 1 in miniature: does the reconstruction task put transformation information back into the
-features that the invariance objective removes?
+"""The paper's Table 1 in miniature, over seeds: does the reconstruction task put transformation information back
+into the features that the invariance objective removes, and at what cost to invariance?
 
-Same data (crops of the embedded photos), same budget, same seed for every row; a tiny ViT (the `tiny` preset:
-64² crops, 8×8 patches, 6 layers) is pretrained with
+Same data (the embedded photos), same budget, same seeds for every row; a tiny ViT (the `tiny` preset: 64² crops,
+8×8 patches, 6 layers) is pretrained with
 
-    (a) VICReg alone, with the rotation in its base augmentations (λ = 0, no decoders),
-    (b) VICReg + reconstruction, g = rotation and g = SE(2) (K = 2),
-    (c) VICReg + reconstruction, g = rotation, K = 1,
+    VICReg alone, with the rotation in its base augmentations (λ = 0, no decoders): the host-only control,
+    VICReg + reconstruction, g = rotation with K = 1 and K = 2, g = SE(2) and g = colour (K = 2),
 
-then the equivariance benchmark regresses θ of rotation / colour / blur / translation from frozen features of
-(I, g_θ(I)) on held-out photos. R² is reported for two read-outs: the backbone's mean patch token and the
-equivariant part of the head (mean over patches). A randomly initialised encoder is the reference row.
+and a randomly initialised encoder is the reference row. Each frozen encoder is then scored by
 
-The regressor is fitted on crops of the 14 training photos and scored on crops of the 4 held-out ones, so it must
-generalise across photos: with fewer than ~4000 training crops it does not, and every row scores R² rot ≤ 0
-(measured). Hence 4096 crops by default.
+* the equivariance benchmark: an MLP regresses θ of rotation / colour / blur / translation from the features of
+  (I, g_θ(I)) for crops of training photos, R² on crops of held-out photos, for three read-outs (the backbone's
+  mean patch token, its CLS token, and the head's equivariant part). The mean-patch read-out also reports the
+  θ-shuffled control (the regressor fitted on permuted θ): chance R²;
+* a weighted k-NN (k = 20) on the mean patch token of a labelled set (scikit-learn's digits, 25 % held out), so
+  a loss of invariance shows.
 
-    python benchmarks/table1_small.py            # ~30 min on 2 CPU cores
-    python benchmarks/table1_small.py --quick    # ~5 min: the pipeline, not the effect
+Every (seed, row) result is written to `<output-dir>/runs/` as it finishes; a rerun skips the finished ones, so
+the benchmark can be stopped and resumed. Rows run seed by seed, so an interrupted run has whole seeds.
+
+    python benchmarks/table1_small.py                       # 3 seeds, ~2-3 h on 2 CPU cores
+    python benchmarks/table1_small.py --quick               # ~5 min: the pipeline, not the effect
+    python benchmarks/table1_small.py --eval-dataset DIR    # held-out photos from any image folder or dataset
+    python benchmarks/table1_small.py --report              # the table from what has finished
 """
 
 from __future__ import annotations
@@ -25,17 +30,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import set_seed  # noqa: E402
 
 from equirecon import EquiReconConfig, EquiReconForPreTraining  # noqa: E402
-from equirecon.evaluation import FeatureCache, RegressorConfig, run_equivariance_benchmark  # noqa: E402
+from equirecon.evaluation import (  # noqa: E402
+    FeatureCache,
+    RegressorConfig,
+    encode_images,
+    knn_probe,
+    load_labelled_images,
+    run_equivariance_benchmark,
+)
 from equirecon.training.arguments import (  # noqa: E402
     DataArguments,
     EquiReconTrainingArguments,
@@ -46,17 +60,24 @@ from equirecon.training.data import load_images  # noqa: E402
 from equirecon.training.pretrain import run  # noqa: E402
 
 FAMILIES = ("rotation", "color", "blur", "translation")
-FEATURES = ("mean_patch", "equivariant")
+FEATURES = ("mean_patch", "cls", "equivariant")
+RANDOM_INIT = "random initialisation"
 ROWS = {
     # name: (transformation family, reconstruction weight λ, K)
     "VICReg (all, rot in views)": ("rotation", 0.0, 2),
     "Ours(VICReg, all, rot), K=2": ("rotation", 1.0, 2),
-    "Ours(VICReg, all, SE(2)), K=2": ("se2", 1.0, 2),
     "Ours(VICReg, all, rot), K=1": ("rotation", 1.0, 1),
+    "Ours(VICReg, all, SE(2)), K=2": ("se2", 1.0, 2),
+    "Ours(VICReg, all, colour), K=2": ("color", 1.0, 2),
 }
 
 
-def pretrain(name: str, family: str, weight: float, k: int, args: argparse.Namespace, output_dir: Path) -> Path:
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def pretrain(name: str, seed: int, args: argparse.Namespace, output_dir: Path) -> Path:
+    family, weight, k = ROWS[name]
     model_args = ModelArguments(
         preset="tiny", config_overrides=f"num_intermediates={k},reconstruction_weight={weight}"
     )
@@ -70,106 +91,152 @@ def pretrain(name: str, family: str, weight: float, k: int, args: argparse.Names
         logging_steps=max(1, args.steps // 10),
         save_steps=args.steps,
         save_total_limit=1,
-        seed=args.seed,
+        seed=seed,
         transformation_family=family,
         view_preset="all",
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
     )
     print(
-        f"[{name}] pretraining {args.steps} steps, batch {args.batch_size}, g={family}, λ={weight}, K={k}", flush=True
+        f"[seed {seed}] {name}: {args.steps} steps, batch {args.batch_size}, g={family}, λ={weight}, K={k}", flush=True
     )
     run(model_args, data_args, training_args, EvaluationArguments(equivariance_benchmark=False))
     return output_dir
 
 
-def evaluate(model, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """R² per feature read-out and family, sharing the encoded features across read-outs."""
+def evaluation_photos(args: argparse.Namespace) -> tuple[object, object | None]:
+    """(photos, held-out photos): the embedded train/validation split by default, else a split of --eval-dataset."""
+    if args.eval_dataset is None:
+        return load_images("embedded", split="train"), load_images("embedded", split="validation")
+    return load_images(args.eval_dataset, split="train"), None
+
+
+def evaluate(model: torch.nn.Module, seed: int, args: argparse.Namespace) -> dict[str, object]:
+    """R² per read-out and family (with the shuffled-θ control on the mean patch) and the k-NN accuracy."""
     cache = FeatureCache()
-    train_photos, held_out = load_images("embedded", split="train"), load_images("embedded", split="validation")
-    results = {}
+    photos, held_out = evaluation_photos(args)
+    results: dict[str, object] = {}
     for feature in FEATURES:
         result = run_equivariance_benchmark(
             model,
-            train_photos,
+            photos,
             test_images=held_out,
             families=FAMILIES,
             feature=feature,
             num_train=args.num_train,
             num_test=args.num_test,
             regressor=RegressorConfig(epochs=args.regressor_epochs),
-            seed=args.seed,
+            seed=seed,
             cache=cache,
             progress=False,
+            shuffled_control=feature == "mean_patch",
         )
         results[feature] = {**result.r2, "mean": result.mean_r2}
+        if result.shuffled_r2:
+            results[f"{feature}_shuffled"] = {
+                **result.shuffled_r2,
+                "mean": float(np.mean(list(result.shuffled_r2.values()))),
+            }
+    labelled = load_labelled_images("digits", seed=seed)
+    train = encode_images(model, labelled.train_images, kinds=("mean_patch",))["mean_patch"]
+    test = encode_images(model, labelled.test_images, kinds=("mean_patch",))["mean_patch"]
+    knn = knn_probe(train, labelled.train_labels, test, labelled.test_labels, k=20)
+    results["knn_digits"] = float(knn.top1[20])
     return results
 
 
-def markdown(table: dict[str, dict[str, dict[str, float]]], command: str, seconds: float) -> str:
-    lines = [f"Command: `{command}` ({seconds / 60:.1f} min)", ""]
-    for feature in FEATURES:
-        lines += [
-            f"Features: **{feature}**",
-            "",
-            "| configuration | R² rot | R² color | R² blur | R² trans | mean |",
-            "|---|---|---|---|---|---|",
+def run_one(name: str, seed: int, args: argparse.Namespace, output_dir: Path) -> dict[str, object]:
+    result_file = output_dir / "runs" / f"seed{seed}-{slug(name)}.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    started = time.time()
+    if name == RANDOM_INIT:
+        set_seed(seed)
+        model = EquiReconForPreTraining(EquiReconConfig.from_preset("tiny")).equirecon
+    else:
+        run_dir = pretrain(name, seed, args, output_dir / "checkpoints" / f"seed{seed}-{slug(name)}")
+        model = EquiReconForPreTraining.from_pretrained(run_dir).equirecon
+    results = evaluate(model, seed, args)
+    results["seconds"] = time.time() - started
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(results, indent=2))
+    print(json.dumps({"seed": seed, "row": name, **results}), flush=True)
+    return results
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def report(output_dir: Path, rows: list[str], seeds: list[int], header: str) -> str:
+    """Mean ± sample std over the finished seeds of each row, one table per read-out."""
+    finished = {
+        name: [
+            json.loads(f.read_text())
+            for seed in seeds
+            if (f := output_dir / "runs" / f"seed{seed}-{slug(name)}.json").exists()
         ]
-        for name, results in table.items():
-            r = results[feature]
-            lines.append(
-                f"| {name} | {r['rotation']:.3f} | {r['color']:.3f} | {r['blur']:.3f} | {r['translation']:.3f} "
-                f"| {r['mean']:.3f} |"
-            )
+        for name in rows
+    }
+    lines = [header, ""]
+    for feature in (*FEATURES, "mean_patch_shuffled"):
+        lines += [
+            f"Features: **{feature}**"
+            + (" (θ-shuffled control: chance level)" if feature.endswith("shuffled") else ""),
+            "",
+            "| configuration | seeds | R² rot | R² color | R² blur | R² trans | mean | k-NN digits |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, results in finished.items():
+            if not results or feature not in results[0]:
+                continue
+            cells = [mean_std([r[feature][key] for r in results]) for key in (*FAMILIES, "mean")]
+            knn = mean_std([100 * r["knn_digits"] for r in results])
+            lines.append(f"| {name} | {len(results)} | " + " | ".join(cells) + f" | {knn} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="rows (a) and (b, rot) at 60 steps: the pipeline")
+    parser.add_argument("--quick", action="store_true", help="one seed, two rows at 60 steps: the pipeline")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (0 with --quick)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per row (default 300)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 32 (16 with --quick)")
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--num-train", type=int, default=None, help="regressor training crops (default 4096)")
     parser.add_argument("--num-test", type=int, default=None, help="held-out crops (default 1024)")
     parser.add_argument("--regressor-epochs", type=int, default=None, help="default 30")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rows", nargs="+", default=None, choices=list(ROWS), metavar="ROW")
+    parser.add_argument("--rows", nargs="+", default=None, choices=[RANDOM_INIT, *ROWS], metavar="ROW")
+    parser.add_argument(
+        "--eval-dataset", default=None, help="photos for the R² benchmark (image folder, Parquet, datasets name)"
+    )
     parser.add_argument("--output-dir", default="runs/table1_small")
+    parser.add_argument("--report", action="store_true", help="print the table of the finished runs and exit")
     args = parser.parse_args()
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.steps = args.steps or (60 if args.quick else 300)
     args.batch_size = args.batch_size or (16 if args.quick else 32)
     args.num_train = args.num_train or (1024 if args.quick else 4096)
     args.num_test = args.num_test or (256 if args.quick else 1024)
     args.regressor_epochs = args.regressor_epochs or (20 if args.quick else 30)
-    args.rows = args.rows or (list(ROWS)[:2] if args.quick else list(ROWS))
-    command = (
-        "python benchmarks/table1_small.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("quick", "rows", "output_dir")
-        )
-        + " --rows "
-        + " ".join(f"'{row}'" for row in args.rows)
-    )
-    started = time.time()
+    args.rows = args.rows or ([RANDOM_INIT, *list(ROWS)[:2]] if args.quick else [RANDOM_INIT, *ROWS])
     output_dir = Path(args.output_dir)
-    table: dict[str, dict[str, dict[str, float]]] = {}
+    settings = {k: v for k, v in vars(args).items() if k not in ("quick", "report", "rows", "output_dir")}
+    header = f"Settings: `{json.dumps(settings)}`"
 
-    if not args.quick:
-        set_seed(args.seed)
-        reference = EquiReconForPreTraining(EquiReconConfig.from_preset("tiny")).equirecon
-        table["random initialisation"] = evaluate(reference, args)
-    for index, name in enumerate(args.rows):
-        family, weight, k = ROWS[name]
-        run_dir = pretrain(name, family, weight, k, args, output_dir / f"row{index}")
-        model = EquiReconForPreTraining.from_pretrained(run_dir).equirecon
-        table[name] = evaluate(model, args)
-        print(json.dumps({name: table[name]["mean_patch"]}), flush=True)
-
-    text = markdown(table, command, time.time() - started)
+    if not args.report:
+        started = time.time()
+        for seed in args.seeds:
+            for name in args.rows:
+                run_one(name, seed, args, output_dir)
+        header += f" ({(time.time() - started) / 60:.1f} min this invocation)"
+    text = report(output_dir, args.rows, args.seeds, header)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "table1_small.json").write_text(json.dumps(table, indent=2))
     (output_dir / "table1_small.md").write_text(text)
     print(text)
 

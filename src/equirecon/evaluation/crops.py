@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..imaging.context import reflect_into_box, widen_box
 from ..training.views import to_rgb_uint8
 
 __all__ = ["CropSet", "as_photos", "split_photos"]
@@ -68,12 +69,16 @@ class CropSet:
         image_size: tuple[int, int],
         *,
         scale: tuple[float, float] = (0.25, 1.0),
+        context_size: tuple[int, int] | None = None,
         generator: np.random.Generator,
     ) -> CropSet:
         """Draw ``num_crops`` crops uniformly over ``photo_ids``.
 
         Each crop has the aspect ratio of ``image_size`` and covers a uniform fraction in ``scale`` of the
-        largest such box that fits the photo, at a uniform position.
+        largest such box that fits the photo, at a uniform position. With ``context_size`` (larger than
+        ``image_size``), the box is then widened about its centre into the photo
+        (:func:`~equirecon.imaging.context.widen_box`) and rendered at ``context_size``, so that the centred
+        ``image_size`` window is exactly the drawn crop and the margin is the photo around it.
         """
         if num_crops < 1:
             raise ValueError(f"num_crops must be positive, got {num_crops}.")
@@ -81,6 +86,8 @@ class CropSet:
         if not 0.0 < low <= high <= 1.0:
             raise ValueError(f"crop scale must satisfy 0 < low <= high <= 1, got {scale}.")
         height, width = image_size
+        out_height, out_width = context_size or image_size
+        factor = (out_width / width, out_height / height)
         chosen = np.asarray(photo_ids)[generator.integers(0, len(photo_ids), size=num_crops)]
         fractions = generator.uniform(low, high, size=num_crops)
         positions = generator.uniform(0.0, 1.0, size=(num_crops, 2))
@@ -91,8 +98,8 @@ class CropSet:
             box_w, box_h = width * fit * np.sqrt(fraction), height * fit * np.sqrt(fraction)
             left = positions[i, 0] * (photo.width - box_w)
             top = positions[i, 1] * (photo.height - box_h)
-            boxes[i] = (left, top, left + box_w, top + box_h)
-        return cls(tuple(photos), chosen.astype(np.int64), boxes, (int(height), int(width)))
+            boxes[i] = widen_box((left, top, left + box_w, top + box_h), factor, photo.size)
+        return cls(tuple(photos), chosen.astype(np.int64), boxes, (int(out_height), int(out_width)))
 
     def __len__(self) -> int:
         return len(self.photo_index)
@@ -100,15 +107,16 @@ class CropSet:
     def render(self, indices: Sequence[int] | slice) -> torch.Tensor:
         """Crops ``indices`` as a float ``(B, 3, H, W)`` tensor in [0, 1] (bicubic, antialiased resize)."""
         height, width = self.image_size
-        arrays = [
-            np.asarray(
-                self.photos[self.photo_index[i]].resize(
-                    (width, height), Image.Resampling.BICUBIC, box=tuple(self.boxes[i])
-                )
-            )
-            for i in np.arange(len(self))[indices]
-        ]
+        arrays = [self._render_one(i, (width, height)) for i in np.arange(len(self))[indices]]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+
+    def _render_one(self, index: int, size: tuple[int, int]) -> np.ndarray:
+        photo, box = self.photos[self.photo_index[index]], tuple(self.boxes[index])
+        left, top, right, bottom = box
+        if left < 0 or top < 0 or right > photo.width or bottom > photo.height:  # context wider than the photo
+            padded, box = reflect_into_box(np.asarray(photo), box)
+            photo = Image.fromarray(padded)
+        return np.asarray(photo.resize(size, Image.Resampling.BICUBIC, box=box))
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         for start in range(0, len(self), batch_size):

@@ -25,9 +25,7 @@ kind re-encodes nothing. Every random draw derives from ``seed``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..imaging.context import center_crop, context_side
 from ..training.transformations import TransformationConfig, apply_transformation
 from .cache import FeatureCache, cache_key, model_fingerprint
 from .crops import CropSet, as_photos, split_photos
@@ -60,7 +59,7 @@ __all__ = [
 DEFAULT_FAMILIES: tuple[str, ...] = ("rotation", "color", "blur", "translation")
 _MULTIOUTPUT = ("global", "per_output")
 # Bump when the feature-extraction pipeline changes, so old cache entries are not reused.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @dataclass
@@ -81,6 +80,7 @@ class FamilyResult:
     num_train: int
     num_test: int
     transformation: dict[str, Any] | None = None
+    shuffled_r2: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,6 +94,7 @@ class FamilyResult:
             "num_train": self.num_train,
             "num_test": self.num_test,
             "transformation": self.transformation,
+            "shuffled_r2": self.shuffled_r2,
         }
 
 
@@ -112,6 +113,11 @@ class EquivarianceResult:
         return {name: result.r2 for name, result in self.families.items()}
 
     @property
+    def shuffled_r2(self) -> dict[str, float]:
+        """The θ-shuffled control per family (chance level), where it was computed."""
+        return {name: r.shuffled_r2 for name, r in self.families.items() if r.shuffled_r2 is not None}
+
+    @property
     def mean_r2(self) -> float:
         """Unweighted mean over families (the paper's "mean" column)."""
         return float(np.mean(list(self.r2.values()))) if self.families else float("nan")
@@ -123,6 +129,7 @@ class EquivarianceResult:
             "r2_convention": self.multioutput,
             "r2": self.r2,
             "mean_r2": self.mean_r2,
+            "shuffled_r2": self.shuffled_r2,
             "families": {name: result.to_dict() for name, result in self.families.items()},
             "settings": self.settings,
         }
@@ -166,11 +173,14 @@ def score_feature_pairs(
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = False,
+    shuffled_control: bool = False,
 ) -> FamilyResult:
     """Fit the θ regressor on the first ``num_train`` feature pairs and score it on the rest.
 
     This is the model-free half of the benchmark: it only sees features ``(N, D)`` of I and of g_θ(I) and the
-    parameters ``(N, P)``, so it can be used on features from anywhere.
+    parameters ``(N, P)``, so it can be used on features from anywhere. ``shuffled_control`` also fits a second
+    regressor on the same pairs with θ permuted across them and scores it on the true held-out θ
+    (``shuffled_r2``): the chance level, which the headline R² must clear to mean anything.
     """
     if multioutput not in _MULTIOUTPUT:
         raise ValueError(f"multioutput must be one of {_MULTIOUTPUT}, got {multioutput!r}.")
@@ -204,6 +214,13 @@ def score_feature_pairs(
     scores = {convention: r2_score(predictions, targets, multioutput=convention) for convention in _MULTIOUTPUT}
     per_parameter = r2_score(predictions, targets, multioutput="raw_values")
     train_r2 = r2_score(model.predict(pairs[:num_train]), params[:num_train], multioutput=multioutput)
+    shuffled_r2 = None
+    if shuffled_control:
+        permutation = torch.from_numpy(np.random.default_rng([seed, 3]).permutation(num_train))
+        control = fit_mlp_regressor(
+            pairs[:num_train], params[:num_train][permutation], regressor, seed=seed, device=device, progress=False
+        )
+        shuffled_r2 = float(r2_score(control.predict(pairs[num_train:]), targets, multioutput=multioutput))
     return FamilyResult(
         family=family,
         parameter_names=names,
@@ -214,6 +231,7 @@ def score_feature_pairs(
         train_r2=float(train_r2),
         num_train=num_train,
         num_test=count - num_train,
+        shuffled_r2=shuffled_r2,
     )
 
 
@@ -242,53 +260,16 @@ def _family_configs(
     return configs
 
 
-def _geometric_reach(config: TransformationConfig, image_size: tuple[int, int]) -> tuple[float, float]:
-    """How far (pixels, per axis) beyond the image border g_θ may sample, for the worst θ in the ranges."""
-    height, width = image_size
-    steps = set(config.steps)
-    rotates = bool(steps & {"rotation", "se2"})
-    translates = bool(steps & {"translation", "se2"})
-    phi = math.radians(min(90.0, max(abs(v) for v in config.rotation_range))) if rotates else 0.0
-    shift = max(abs(v) for v in config.translation_range) if translates else 0.0
-    shift_x, shift_y = shift * width / config.reference_size, shift * height / config.reference_size
-    if rotates and translates:  # the shift may be rotated before or after: bound it by its length on both axes
-        shift_x = shift_y = math.hypot(shift_x, shift_y)
-
-    def reach(a: float, b: float) -> float:
-        # max over |angle| <= phi of |cos|·a + |sin|·b: the source extent along one axis of the rotated box.
-        return math.hypot(a, b) if phi >= math.atan2(b, a) else a * math.cos(phi) + b * math.sin(phi)
-
-    half_w, half_h = width / 2 + shift_x, height / 2 + shift_y
-    return reach(half_w, half_h) - width / 2, reach(half_h, half_w) - height / 2
-
-
-def _context_size(
-    configs: Mapping[str, TransformationConfig], image_size: tuple[int, int]
-) -> tuple[tuple[int, int], float]:
-    """Size of the rendered context around each crop, and its scale over the crop, so that no geometric g_θ
-    needs pixels from outside it. One extra pixel covers the bilinear taps.
+def _context_size(configs: Mapping[str, TransformationConfig], image_size: tuple[int, int]) -> tuple[int, int]:
+    """Size of the context rendered around each crop so that no geometric g_θ needs pixels from outside it
+    (:attr:`TransformationConfig.context_ratio`, the same rule as the pretraining views).
 
     The margin always covers the paper's SE(2) ranges (and any larger range requested), so the crops, and with
     them every family's result, do not depend on which families are evaluated together.
     """
-    height, width = image_size
     geometric = [TransformationConfig(family="se2"), *(c for c in configs.values() if c.is_geometric)]
-    reach = max(max(_geometric_reach(config, image_size)) for config in geometric)
-    margin = math.ceil(reach) + 1
-    reference = {c.reference_size for c in geometric}
-    # Prefer a margin that keeps the rescaled reference size an integer (exact pixel parameters).
-    for candidate in range(margin, margin + height + 1):
-        if all((r * (height + 2 * candidate)) % height == 0 for r in reference):
-            margin = candidate
-            break
-    scale = (height + 2 * margin) / height
-    width_margin = math.ceil((width * scale - width) / 2)
-    return (height + 2 * margin, width + 2 * width_margin), scale
-
-
-def _centre(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    top, left = (images.shape[-2] - size[0]) // 2, (images.shape[-1] - size[1]) // 2
-    return images[..., top : top + size[0], left : left + size[1]]
+    ratio = max(config.context_ratio for config in geometric)
+    return context_side(image_size[0], ratio), context_side(image_size[1], ratio)
 
 
 def _benchmark_crops(
@@ -300,6 +281,7 @@ def _benchmark_crops(
     test_fraction: float,
     num_crops: tuple[int, int],
     size: tuple[int, int],
+    context_size: tuple[int, int],
     crop_scale: tuple[float, float],
     seed: int,
 ) -> tuple[CropSet, tuple[int, int]]:
@@ -317,8 +299,12 @@ def _benchmark_crops(
     photos_tuple = tuple(photos)
     generator = np.random.default_rng([seed, 2])
     crops = CropSet.concatenate(
-        CropSet.sample(photos_tuple, train_ids, num_crops[0], size, scale=crop_scale, generator=generator),
-        CropSet.sample(photos_tuple, test_ids, num_crops[1], size, scale=crop_scale, generator=generator),
+        *(
+            CropSet.sample(
+                photos_tuple, ids, count, size, scale=crop_scale, context_size=context_size, generator=generator
+            )
+            for ids, count in ((train_ids, num_crops[0]), (test_ids, num_crops[1]))
+        )
     )
     return crops, (len(train_ids), len(test_ids))
 
@@ -351,6 +337,7 @@ def run_equivariance_benchmark(
     image_column: str = "image",
     max_images: int | None = None,
     progress: bool = True,
+    shuffled_control: bool = True,
 ) -> EquivarianceResult:
     """Per-family R² of regressing θ from the frozen features of (I, g_θ(I)).
 
@@ -384,6 +371,8 @@ def run_equivariance_benchmark(
         image_column: image column when ``images`` is a ``datasets.Dataset``.
         max_images: use only the first ``max_images`` photos (photos are held in memory).
         progress: show progress bars.
+        shuffled_control: also score a regressor fitted on permuted θ (:func:`score_feature_pairs`), reported as
+            each family's ``shuffled_r2``; it doubles the regressor fits.
     """
     configs = _family_configs(families)
     if border not in ("context", "fill"):
@@ -399,9 +388,7 @@ def run_equivariance_benchmark(
     with eval_mode(model):
         spec = (input_spec or InputSpec.from_model(model)).with_size(image_size)
 
-        context_size, context_scale = (
-            _context_size(configs, spec.image_size) if border == "context" else (spec.image_size, 1.0)
-        )
+        context_size = _context_size(configs, spec.image_size) if border == "context" else spec.image_size
         crops, num_photos = _benchmark_crops(
             images,
             test_images,
@@ -409,7 +396,8 @@ def run_equivariance_benchmark(
             max_images=max_images,
             test_fraction=test_fraction,
             num_crops=(num_train, num_test),
-            size=context_size,
+            size=spec.image_size,
+            context_size=context_size,
             crop_scale=crop_scale,
             seed=seed,
         )
@@ -433,15 +421,7 @@ def run_equivariance_benchmark(
         for name, config in configs.items():
             keys[name] = cache_key(**base_key, transformation=config.to_dict(), params=params[name])
         extractor = FeatureExtractor(model, kinds=("all",))
-        # In context mode, geometric families see the crop rendered with its margin, described by a config whose
-        # reference size grows with the image, so pixel-valued parameters keep their meaning for the centre crop.
-        transform_configs = {
-            name: dataclasses.replace(config, reference_size=round(config.reference_size * context_scale))
-            if border == "context" and config.is_geometric
-            else config
-            for name, config in configs.items()
-        }
-        _extract_missing(extractor, crops, transform_configs, params, keys, cache, spec, batch_size, progress)
+        _extract_missing(extractor, crops, configs, params, keys, cache, spec, batch_size, progress)
         reference = cache.get(keys[None])
         assert reference is not None and kind in reference
 
@@ -461,6 +441,7 @@ def run_equivariance_benchmark(
                 multioutput=multioutput,
                 seed=seed,
                 device=device_for_regressor,
+                shuffled_control=shuffled_control,
             )
             result.transformation = config.to_dict()
             results[name] = result
@@ -478,6 +459,7 @@ def run_equivariance_benchmark(
             "regressor": (regressor or RegressorConfig()).to_dict(),
             "seed": seed,
             "batch_size": batch_size,
+            "shuffled_control": shuffled_control,
         }
         return EquivarianceResult(families=results, feature=kind, multioutput=multioutput, settings=settings)
 
@@ -509,15 +491,15 @@ def _extract_missing(
     for index, context in enumerate(batches):
         rows = slice(index * batch_size, index * batch_size + context.shape[0])
         context = context.to(extractor.device)
-        crop = _centre(context, spec.image_size)
+        crop = center_crop(context, spec.image_size)
         for name in missing:
             images = crop
             if name is not None:
                 config = configs[name]
                 theta = params[name][rows].to(context.device)
                 if config.is_geometric and context.shape[-2:] != crop.shape[-2:]:
-                    images, valid = apply_transformation(context, theta, config)
-                    images, valid = _centre(images, spec.image_size), _centre(valid, spec.image_size)
+                    images, valid = apply_transformation(context, theta, config, view_size=spec.image_size)
+                    images, valid = center_crop(images, spec.image_size), center_crop(valid, spec.image_size)
                     if bool((valid < 1).any()):  # would let θ leak through fill; the margin is computed to avoid it
                         raise RuntimeError(f"{name}: the context margin does not cover the transformation.")
                 else:

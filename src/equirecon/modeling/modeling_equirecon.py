@@ -121,11 +121,16 @@ class EquiReconPreTrainedModel(PreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"^ssl_objective\.", r"^decoders\.", r"^classifier\.", r"^head\."]
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Truncated-normal linear and conv layers (as Dinov2), standard norms. The encoder is a sub-model and
+        """Truncated-normal linear and conv layers (as Dinov2), standard norms; layers that carry an `init_gain`
+        (the decoders', see `EquiReconDecoder`) are scaled by fan-in instead. The encoder is a sub-model and
         initialises itself; there are no custom parameters or buffers here."""
         super()._init_weights(module)
         if isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.trunc_normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            gain = getattr(module, "init_gain", None)
+            if gain is None:
+                init.trunc_normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            else:
+                init.normal_(module.weight, mean=0.0, std=gain / module.weight[0].numel() ** 0.5)
             if module.bias is not None:
                 init.zeros_(module.bias)
 
@@ -238,6 +243,13 @@ class EquiReconDecoder(nn.Module):
             nn.GELU(),
             nn.Conv2d(hidden, config.backbone_config.num_channels, 3, padding=1),
         )
+        # Fan-in scaled initialisation (He before a GELU, LeCun elsewhere), read by `_init_weights`, so the
+        # output and the gradient reaching the encoder have the inputs' scale from the first step. With the encoder's
+        # 0.02 std, five layers in a row gave outputs of ~1e-4 and a reconstruction gradient ~1e-6 of the SSL one:
+        # the auxiliary task waited tens of steps to start (`benchmarks/reconstruction_signal.py`).
+        layers = [self.to_patches, *(layer for layer in self.convs if isinstance(layer, nn.Conv2d))]
+        for index, layer in enumerate(layers):
+            layer.init_gain = 2**0.5 if 0 < index < len(layers) - 1 else 1.0
 
     def forward(self, patch_features: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         """`patch_features` (B, h·w, 2·d_equi) in raster order → image (B, 3, h·p, w·p)."""

@@ -11,10 +11,14 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..modeling.modeling_equirecon import masked_mse
 from .arguments import EquiReconTrainingArguments
 from .transformations import TransformationConfig, make_transformed_pair
 
 LOSS_COMPONENTS = ("ssl_loss", "reconstruction_loss")
+COPY_BASELINES = ("copy_view2_loss", "copy_view1_loss")
+"""Evaluation controls: the reconstruction loss of answering every target with view 2 (resp. view 1) itself, on the
+same pairs and masks. Decoders that do not beat both have learnt nothing about the in-between states."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -28,7 +32,8 @@ class EquiReconTrainer(Trainer):
     For every batch it builds v2 = g_θ(u) and the K targets g_{kθ/(K+1)}(u) with their validity masks on the
     device, calls the model, and combines `ssl_weight·ssl_loss + reconstruction_weight·reconstruction_loss`.
     `ssl_loss` and `reconstruction_loss` are logged next to `loss` (averaged over the steps since the last log and
-    over processes), and evaluation reports them as `eval_ssl_loss` and `eval_reconstruction_loss`.
+    over processes), and evaluation reports them as `eval_ssl_loss` and `eval_reconstruction_loss`, next to the
+    controls `eval_copy_view2_loss` and `eval_copy_view1_loss` (`COPY_BASELINES`).
 
     Args:
         transformation: g_θ. Default: the model config's `transformation`, overridden by the training arguments.
@@ -109,13 +114,23 @@ class EquiReconTrainer(Trainer):
         phase = "train" if model.training else "eval"
         if phase == "train" and not torch.isfinite(loss.detach()).item():
             self._raise_non_finite(outputs)
-        self._record_components(phase, outputs)
+        components = {name: getattr(outputs, name) for name in LOSS_COMPONENTS}
+        if phase == "eval" and outputs.reconstruction_loss is not None:
+            components.update(self._copy_baselines(inputs["pixel_values"], pair))
+        self._record_components(phase, components)
         return (loss, outputs) if return_outputs else loss
 
-    def _record_components(self, phase: str, outputs: Any) -> None:
+    @staticmethod
+    def _copy_baselines(first_view: torch.Tensor, pair: Any) -> dict[str, torch.Tensor]:
+        targets = pair.targets
+        return {
+            name: masked_mse(view.unsqueeze(1).expand_as(targets), targets, pair.target_masks)
+            for name, view in zip(COPY_BASELINES, (pair.transformed, first_view), strict=True)
+        }
+
+    def _record_components(self, phase: str, components: dict[str, torch.Tensor | None]) -> None:
         sums = self._component_sums[phase]
-        for name in LOSS_COMPONENTS:
-            value = getattr(outputs, name)
+        for name, value in components.items():
             if value is not None:
                 sums[name] = sums.get(name, 0.0) + value.detach().float()
         self._component_counts[phase] += 1
@@ -127,10 +142,9 @@ class EquiReconTrainer(Trainer):
         if count == 0:
             return {}
         means = {}
-        for name in LOSS_COMPONENTS:
-            if name in sums:
-                local_mean = (sums[name] / count).to(self.args.device)
-                means[name] = self.accelerator.reduce(local_mean, reduction="mean").item()
+        for name in sorted(sums):  # the same order on every process
+            local_mean = (sums[name] / count).to(self.args.device)
+            means[name] = self.accelerator.reduce(local_mean, reduction="mean").item()
         return means
 
     def _raise_non_finite(self, outputs: Any) -> None:

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..imaging.context import center_crop
+
 __all__ = [
     "BLUR_IDENTITY_SIGMA",
     "FAMILIES",
@@ -255,13 +257,6 @@ def make_transformed_pair(
     )
 
 
-def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
-    """The centred ``size``×``size`` window of (..., H, W) images (the view inside a context margin)."""
-    height, width = images.shape[-2:]
-    top, left = (height - size) // 2, (width - size) // 2
-    return images[..., top : top + size, left : left + size]
-
-
 def apply_transformation(
     images: torch.Tensor,
     params: torch.Tensor,
@@ -269,7 +264,7 @@ def apply_transformation(
     *,
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
-    view_size: int | None = None,
+    view_size: int | tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply g_θ with one parameter vector per example.
 
@@ -279,8 +274,8 @@ def apply_transformation(
             Colour needs C = 3; the geometric families and blur take any C.
         params: (B, P) with the columns of ``config.parameter_names``; moved to the images' device.
         config: the family and its conventions.
-        view_size: side of the centred view that pixel-valued parameters refer to, when the images carry a
-            context margin around it (default: the image size).
+        view_size: side (or (height, width)) of the centred view that pixel-valued parameters refer to, when the
+            images carry a context margin around it (default: the image size).
 
     Returns:
         ``(transformed, valid_mask)``: the images in the same space and dtype as the input, and a
@@ -303,7 +298,7 @@ def _apply(
     config: TransformationConfig,
     image_mean: Sequence[float] | None,
     image_std: Sequence[float] | None,
-    view_size: int | None,
+    view_size: int | tuple[int, int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     compute_dtype = _compute_dtype(images.dtype)
     x = images.to(compute_dtype)
@@ -312,7 +307,9 @@ def _apply(
     if mean is not None:
         x = x * std + mean
 
-    view_height, view_width = (view_size, view_size) if view_size is not None else x.shape[-2:]
+    if view_size is None:
+        view_size = tuple(x.shape[-2:])
+    view_height, view_width = (view_size, view_size) if isinstance(view_size, int) else view_size
     scale = (view_width / config.reference_size, view_height / config.reference_size)  # pixels per reference pixel
     mask: torch.Tensor | None = None  # None = every pixel valid
     offset = 0

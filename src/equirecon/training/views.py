@@ -14,7 +14,6 @@ worker, so streams differ across workers, ranks and (with non-persistent workers
 from __future__ import annotations
 
 import io
-import math
 import os
 import random
 from collections.abc import Sequence
@@ -28,10 +27,12 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageOps
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ..imaging.context import context_side, reflect_into_box, widen_box
 from .transformations import TransformationConfig
 
 __all__ = [
     "VIEW_PRESETS",
+    "ContextRandomResizedCrop",
     "TransformPairMaker",
     "build_view_transform",
     "seed_view_transform",
@@ -45,6 +46,56 @@ VIEW_PRESETS: tuple[str, ...] = ("all", "crop-only", "none")
 ImageLike = Image.Image | np.ndarray | torch.Tensor | bytes | dict
 
 
+class ContextRandomResizedCrop(A.RandomResizedCrop):
+    """``RandomResizedCrop`` whose output carries a context margin: the box is drawn exactly as
+    ``RandomResizedCrop`` draws it (same scale and aspect distribution, same random calls), widened about its
+    centre by ``context`` (:func:`~equirecon.imaging.context.widen_box`), and resized so that the drawn box fills
+    the centred ``size`` window of the ``context_side(size, context)``-pixel output. The margin is rounded to whole
+    photo pixels, so the drawn box and the centre window agree to half a photo pixel."""
+
+    class InitSchema(A.RandomResizedCrop.InitSchema):
+        context: float = 1.0
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        context: float = 1.0,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (0.75, 4 / 3),
+        interpolation: int = cv2.INTER_LINEAR,
+        mask_interpolation: int = cv2.INTER_NEAREST,
+        area_for_downscale: Literal["image", "image_mask"] | None = None,
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(
+            size=size,
+            scale=scale,
+            ratio=ratio,
+            interpolation=interpolation,
+            mask_interpolation=mask_interpolation,
+            area_for_downscale=area_for_downscale,
+            p=p,
+        )
+        self.context = context
+        self.view_size = size
+        self.size = (context_side(size[0], context), context_side(size[1], context))
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        coords = super().get_params_dependent_on_data(params, data)["crop_coords"]
+        x_min, y_min, x_max, y_max = coords
+        height, width = params["shape"][:2]
+        # Margin in photo pixels that maps to the output's margin; whole pixels, so the crop needs no resampling.
+        margin_x = round((x_max - x_min) * (self.size[1] - self.view_size[1]) / (2 * self.view_size[1]))
+        margin_y = round((y_max - y_min) * (self.size[0] - self.view_size[0]) / (2 * self.view_size[0]))
+        factor = (1 + 2 * margin_x / (x_max - x_min), 1 + 2 * margin_y / (y_max - y_min))
+        left, top, right, bottom = widen_box((x_min, y_min, x_max, y_max), factor, (width, height))
+        return {"crop_coords": (round(left), round(top), round(right), round(bottom))}
+
+    def apply(self, img: np.ndarray, crop_coords: tuple[int, int, int, int], **params: Any) -> np.ndarray:
+        padded, box = reflect_into_box(img, crop_coords)
+        return super().apply(padded, tuple(int(round(v)) for v in box), **params)
+
+
 def build_view_transform(
     preset: str = "all",
     size: int = 224,
@@ -54,15 +105,20 @@ def build_view_transform(
     crop_scale: tuple[float, float] = (0.32, 1.0),
     seed: int | None = None,
     view: Literal[1, 2] = 1,
+    context: float = 1.0,
 ) -> A.Compose:
-    """An albumentations pipeline from an RGB uint8 HWC image to a normalised float32 (3, size, size) tensor.
+    """An albumentations pipeline from an RGB uint8 HWC image to a normalised float32 (3, S, S) tensor: the view
+    (``size`` pixels square) inside a context margin, S = :func:`~equirecon.imaging.context.context_side` (size,
+    context); S = size for the default ``context=1``.
 
     ``preset="all"`` follows DINOv2's global crops: RandomResizedCrop(scale=crop_scale, bicubic), horizontal flip,
     colour jitter (0.4, 0.4, 0.2, 0.1; p=0.8), grayscale (p=0.2), Gaussian blur (σ in [0.1, 2], 9 taps) and, for
     the second view, solarize. As in DINOv2, ``view=1`` always blurs and ``view=2`` blurs with p=0.1 and
     solarizes with p=0.2. ``"crop-only"`` keeps just the random resized crop (the paper's "rot" setting);
     ``"none"`` resizes the short side and centre-crops (deterministic, e.g. for evaluation). Shrinking uses area
-    averaging, as torchvision's antialiased PIL resize does. ``seed`` makes the pipeline reproducible (see
+    averaging, as torchvision's antialiased PIL resize does. The crop box is drawn for the view alone, so its scale
+    and aspect distribution do not depend on ``context``; the margin is the photo around it
+    (:mod:`equirecon.imaging.context`). ``seed`` makes the pipeline reproducible (see
     :func:`seed_view_transform`); :class:`TransformPairMaker` reseeds it per worker anyway.
     """
     if preset not in VIEW_PRESETS:
@@ -75,17 +131,22 @@ def build_view_transform(
     if not 0 < low <= high <= 1:
         raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale!r}")
 
+    if not context >= 1.0:
+        raise ValueError(f"context must be >= 1 (a multiple of the view's side), got {context!r}")
+    output_size = context_side(size, context)
     crop: list[A.BasicTransform]
     if preset == "none":
         crop = [
             A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_CUBIC, area_for_downscale="image"),
-            A.CenterCrop(size, size),
+            A.PadIfNeeded(output_size, output_size, border_mode=cv2.BORDER_REFLECT_101),
+            A.CenterCrop(output_size, output_size),
         ]
     else:
+        crop_options: dict[str, Any] = {"scale": (low, high), "interpolation": cv2.INTER_CUBIC}
         crop = [
-            A.RandomResizedCrop(
-                size=(size, size), scale=(low, high), interpolation=cv2.INTER_CUBIC, area_for_downscale="image"
-            )
+            ContextRandomResizedCrop(size=(size, size), context=context, area_for_downscale="image", **crop_options)
+            if context > 1
+            else A.RandomResizedCrop(size=(size, size), area_for_downscale="image", **crop_options)
         ]
     photometric: list[A.BasicTransform] = []
     if preset == "all":
@@ -278,11 +339,11 @@ class TransformPairMaker:
         ratio = transformation.context_ratio if context is None else context
         if not ratio >= 1.0:
             raise ValueError(f"context must be >= 1 (a multiple of the view's side), got {context!r}")
-        # u carries a margin around the view (an even number of pixels on each side), from which g_θ draws real
-        # pixels instead of black fill; the trainer crops the view from the centre after g_θ.
-        self.base_size = size + 2 * math.ceil(size * (ratio - 1) / 2 - 1e-9)
+        # u is A2's view box (drawn like A1's, at view size) inside a margin of the photo around it, from which g_θ
+        # draws real pixels instead of black fill; the trainer crops the view from the centre after g_θ.
+        self.base_size = context_side(size, ratio)
         self.view1 = build_view_transform(view_preset, size, view=1, **common)
-        self.view2 = build_view_transform(view_preset, self.base_size, view=2, **common)
+        self.view2 = build_view_transform(view_preset, size, view=2, context=ratio, **common)
         self._generator: np.random.Generator | None = None
         self._seeded_for: tuple | None = None
 
