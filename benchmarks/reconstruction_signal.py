@@ -98,8 +98,8 @@ def measure(init: str, args: argparse.Namespace, photos: list[np.ndarray]) -> li
             {
                 "init": init,
                 "step": step,
-                "ssl_loss": float(out.ssl_loss),
-                "reconstruction_loss": float(out.reconstruction_loss),
+                "ssl_loss": out.ssl_loss.item(),
+                "reconstruction_loss": out.reconstruction_loss.item(),
                 "decoder_output_std": output_std,
                 "grad_ssl": ssl,
                 "grad_reconstruction": recon,

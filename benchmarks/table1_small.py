@@ -10,18 +10,19 @@ Same data (the embedded photos), same budget, same seeds for every row; a tiny V
 and a randomly initialised encoder is the reference row. Each frozen encoder is then scored by
 
 * the equivariance benchmark: an MLP regresses θ of rotation / colour / blur / translation from the features of
-  (I, g_θ(I)) for crops of training photos, R² on crops of held-out photos, for three read-outs (the backbone's
+  (I, g_θ(I)) for crops of the embedded training photos, R² on crops of held-out photos (the embedded ones, or any
+  image folder or dataset given by --eval-dataset, reusing the finished checkpoints), for three read-outs (the backbone's
   mean patch token, its CLS token, and the head's equivariant part). The mean-patch read-out also reports the
   θ-shuffled control (the regressor fitted on permuted θ): chance R²;
 * a weighted k-NN (k = 20) on the mean patch token of a labelled set (scikit-learn's digits, 25 % held out), so
   a loss of invariance shows.
 
-Every (seed, row) result is written to `<output-dir>/runs/` as it finishes; a rerun skips the finished ones, so
-the benchmark can be stopped and resumed. Rows run seed by seed, so an interrupted run has whole seeds.
+Every (seed, row) result is written to `<output-dir>/runs/` as it finishes, and every checkpoint is kept in
+`<output-dir>/checkpoints/`; a rerun skips what is finished, so the benchmark can be stopped and resumed. Rows run seed by seed, so an interrupted run has whole seeds.
 
     python benchmarks/table1_small.py                       # 3 seeds, ~2-3 h on 2 CPU cores
     python benchmarks/table1_small.py --quick               # ~5 min: the pipeline, not the effect
-    python benchmarks/table1_small.py --eval-dataset DIR    # held-out photos from any image folder or dataset
+    python benchmarks/table1_small.py --eval-dataset DIR    # the same checkpoints, held-out photos from DIR
     python benchmarks/table1_small.py --report              # the table from what has finished
 """
 
@@ -104,11 +105,11 @@ def pretrain(name: str, seed: int, args: argparse.Namespace, output_dir: Path) -
     return output_dir
 
 
-def evaluation_photos(args: argparse.Namespace) -> tuple[object, object | None]:
-    """(photos, held-out photos): the embedded train/validation split by default, else a split of --eval-dataset."""
-    if args.eval_dataset is None:
-        return load_images("embedded", split="train"), load_images("embedded", split="validation")
-    return load_images(args.eval_dataset, split="train"), None
+def evaluation_photos(args: argparse.Namespace) -> tuple[object, object]:
+    """(regressor photos, held-out photos): the embedded training photos, and the embedded held-out photos or every
+    photo of --eval-dataset (photos the pretraining never saw)."""
+    held_out = load_images(args.eval_dataset or "embedded", split="train" if args.eval_dataset else "validation")
+    return load_images("embedded", split="train"), held_out
 
 
 def evaluate(model: torch.nn.Module, seed: int, args: argparse.Namespace) -> dict[str, object]:
@@ -145,8 +146,13 @@ def evaluate(model: torch.nn.Module, seed: int, args: argparse.Namespace) -> dic
     return results
 
 
+def result_path(output_dir: Path, seed: int, name: str, eval_dataset: str | None) -> Path:
+    suffix = f"-on-{slug(Path(eval_dataset).name)}" if eval_dataset else ""
+    return output_dir / "runs" / f"seed{seed}-{slug(name)}{suffix}.json"
+
+
 def run_one(name: str, seed: int, args: argparse.Namespace, output_dir: Path) -> dict[str, object]:
-    result_file = output_dir / "runs" / f"seed{seed}-{slug(name)}.json"
+    result_file = result_path(output_dir, seed, name, args.eval_dataset)
     if result_file.exists():
         return json.loads(result_file.read_text())
     started = time.time()
@@ -154,7 +160,9 @@ def run_one(name: str, seed: int, args: argparse.Namespace, output_dir: Path) ->
         set_seed(seed)
         model = EquiReconForPreTraining(EquiReconConfig.from_preset("tiny")).equirecon
     else:
-        run_dir = pretrain(name, seed, args, output_dir / "checkpoints" / f"seed{seed}-{slug(name)}")
+        run_dir = output_dir / "checkpoints" / f"seed{seed}-{slug(name)}"
+        if not (run_dir / "model.safetensors").exists():  # a finished pretraining is reused, e.g. with other photos
+            pretrain(name, seed, args, run_dir)
         model = EquiReconForPreTraining.from_pretrained(run_dir).equirecon
     results = evaluate(model, seed, args)
     results["seconds"] = time.time() - started
@@ -172,16 +180,10 @@ def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
-def report(output_dir: Path, rows: list[str], seeds: list[int], header: str) -> str:
+def report(output_dir: Path, rows: list[str], seeds: list[int], header: str, eval_dataset: str | None) -> str:
     """Mean ± sample std over the finished seeds of each row, one table per read-out."""
-    finished = {
-        name: [
-            json.loads(f.read_text())
-            for seed in seeds
-            if (f := output_dir / "runs" / f"seed{seed}-{slug(name)}.json").exists()
-        ]
-        for name in rows
-    }
+    files = {name: [result_path(output_dir, seed, name, eval_dataset) for seed in seeds] for name in rows}
+    finished = {name: [json.loads(f.read_text()) for f in paths if f.exists()] for name, paths in files.items()}
     lines = [header, ""]
     for feature in (*FEATURES, "mean_patch_shuffled"):
         lines += [
@@ -213,7 +215,9 @@ def main() -> None:
     parser.add_argument("--regressor-epochs", type=int, default=None, help="default 30")
     parser.add_argument("--rows", nargs="+", default=None, choices=[RANDOM_INIT, *ROWS], metavar="ROW")
     parser.add_argument(
-        "--eval-dataset", default=None, help="photos for the R² benchmark (image folder, Parquet, datasets name)"
+        "--eval-dataset",
+        default=None,
+        help="held-out photos for the R² benchmark instead of the embedded ones (image folder, Parquet, datasets name)",
     )
     parser.add_argument("--output-dir", default="runs/table1_small")
     parser.add_argument("--report", action="store_true", help="print the table of the finished runs and exit")
@@ -235,7 +239,7 @@ def main() -> None:
             for name in args.rows:
                 run_one(name, seed, args, output_dir)
         header += f" ({(time.time() - started) / 60:.1f} min this invocation)"
-    text = report(output_dir, args.rows, args.seeds, header)
+    text = report(output_dir, args.rows, args.seeds, header, args.eval_dataset)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "table1_small.md").write_text(text)
     print(text)
