@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..training.views import to_rgb_uint8
+from ..imaging.decoding import to_rgb_uint8
 
 __all__ = ["CropSet", "as_photos", "split_photos"]
 
