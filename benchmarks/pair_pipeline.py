@@ -30,15 +30,11 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import Dinov2Config, Dinov2Model  # noqa: E402
 
+from equirecon.training import FAMILIES, TransformationConfig, make_transformed_pair  # noqa: E402
 from equirecon.training.data import (  # noqa: E402
     build_transform_pair_dataset,
     collate_transform_pairs,
     embedded_photos,
-)
-from equirecon.training.transformations import (  # noqa: E402
-    FAMILIES,
-    TransformationConfig,
-    make_transformed_pair,
 )
 from equirecon.training.views import TransformPairMaker, build_view_transform  # noqa: E402
 

@@ -30,8 +30,8 @@ from torch import nn  # noqa: E402
 from transformers import set_seed  # noqa: E402
 
 from equirecon import EquiReconConfig, EquiReconForPreTraining  # noqa: E402
+from equirecon.imaging.decoding import to_rgb_uint8  # noqa: E402
 from equirecon.training import TransformationConfig, TransformPairMaker, load_images, make_transformed_pair  # noqa: E402
-from equirecon.training.views import to_rgb_uint8  # noqa: E402
 
 
 def batches(photos: list[np.ndarray], maker: TransformPairMaker, batch_size: int, seed: int):

@@ -1,4 +1,5 @@
 import pytest
+import torch
 from model_helpers import TINY_BACKBONE, tiny_config
 from transformers import AutoConfig, ViTConfig
 
@@ -81,10 +82,20 @@ def test_invalid_configurations_name_the_field(overrides, message):
         tiny_config(**overrides)
 
 
-def test_every_declared_objective_is_buildable():
+def test_every_declared_objective_is_buildable_and_returns_a_scalar_loss():
     for name in SSL_OBJECTIVES:
-        objective = build_objective(tiny_config(ssl_objective=name))
-        assert objective.pooling in ("mean_patch", "cls")
+        config = tiny_config(ssl_objective=name)
+        objective = build_objective(config)
+        loss = objective(torch.randn(4, config.d_inv), torch.randn(4, config.d_inv))
+        assert loss.ndim == 0
+
+
+def test_prefix_tokens_come_from_the_config():
+    assert tiny_config().num_prefix_tokens == 1
+    registers = tiny_config(
+        backbone_config={**TINY_BACKBONE, "model_type": "dinov2_with_registers", "num_register_tokens": 4}
+    )
+    assert registers.num_prefix_tokens == 5
 
 
 def test_default_segmentation_layers_end_with_the_last():

@@ -11,7 +11,7 @@ from PIL import Image
 
 from equirecon.evaluation.crops import CropSet
 from equirecon.imaging.context import center_crop, context_side, reflect_into_box, widen_box
-from equirecon.training.transformations import FAMILIES, TransformationConfig
+from equirecon.imaging.transformations import FAMILIES, TransformationConfig
 from equirecon.training.views import ContextRandomResizedCrop, TransformPairMaker
 
 SIZE = 32

@@ -13,19 +13,18 @@ import torch
 from _data_helpers import awkward_images, coloured_square, encode, index_from_pixel_values
 from PIL import Image
 
-from equirecon.training import data
-from equirecon.training.data import (
+from equirecon.imaging import sources
+from equirecon.imaging.sources import (
     EMBEDDED_PHOTOS,
     EMBEDDED_VALIDATION_PHOTOS,
-    build_transform_pair_dataset,
-    collate_transform_pairs,
     embedded_photos,
     find_image_column,
     image_folder_to_parquet,
     load_images,
-    num_skipped_images,
 )
-from equirecon.training.transformations import TransformationConfig
+from equirecon.imaging.transformations import TransformationConfig
+from equirecon.training import data
+from equirecon.training.data import build_transform_pair_dataset, collate_transform_pairs, num_skipped_images
 from equirecon.training.views import TransformPairMaker
 
 SIZE = 16
@@ -71,7 +70,7 @@ def test_embedded_photos_load_offline_and_are_split_by_photo(monkeypatch):
         raise AssertionError("the embedded dataset must not touch the network")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    data._embedded_photo_bytes.cache_clear()
+    sources._embedded_photo_bytes.cache_clear()
     train, validation = embedded_photos("train"), embedded_photos("validation")
     assert set(validation["name"]) == set(EMBEDDED_VALIDATION_PHOTOS)
     assert set(train["name"]) | set(validation["name"]) == set(EMBEDDED_PHOTOS)

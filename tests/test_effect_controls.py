@@ -12,7 +12,7 @@ from transformers import set_seed
 
 from equirecon import EquiReconForPreTraining
 from equirecon.evaluation import RegressorConfig, score_feature_pairs
-from equirecon.training.transformations import TransformationConfig, make_transformed_pair
+from equirecon.imaging.transformations import TransformationConfig, make_transformed_pair
 
 
 def _encoder_gradient_norms(model: EquiReconForPreTraining) -> tuple[float, float]:

@@ -13,7 +13,7 @@ from equirecon.evaluation.crops import CropSet, split_photos
 from equirecon.evaluation.equivariance import run_equivariance_benchmark, score_feature_pairs
 from equirecon.evaluation.loading import InputSpec
 from equirecon.evaluation.regression import RegressorConfig
-from equirecon.training.transformations import TransformationConfig
+from equirecon.imaging.transformations import TransformationConfig
 
 # Small and quick (fewer, larger steps than SIE's MLP); the protocol itself is the default RegressorConfig.
 SMALL_REGRESSOR = RegressorConfig(hidden_sizes=(64, 64), epochs=20, batch_size=128, learning_rate=5e-3)

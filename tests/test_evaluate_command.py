@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
-from equirecon.evaluation.command import main
+from equirecon.commands.evaluate import main
 
 TINY_VIT = {
     "hidden_size": 32,
@@ -184,14 +184,16 @@ def test_clear_errors(vit_dir, capsys):
         )
         == 1
     )
-    assert "single split" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:
-        main(["equivariance"])  # --model is required
-    assert exit_info.value.code == 2
+    assert "'test' not found" in capsys.readouterr().err
+    assert main(["equivariance"]) == 2  # --model is required: one line, exit status 2
+    assert "model" in capsys.readouterr().err
 
 
-def test_feature_choices_match_the_library():
-    from equirecon.evaluation import command
-    from equirecon.evaluation.features import FEATURE_KINDS
-
-    assert command._FEATURE_KINDS == FEATURE_KINDS
+def test_recipes_and_help(vit_dir, tmp_path, capsys):
+    recipe = tmp_path / "knn.yaml"
+    recipe.write_text(f"model: {vit_dir}\nmax_images: 40\nk: [3]\nno_progress: true\n")
+    output = tmp_path / "knn.json"
+    assert main(["knn", "--config", str(recipe), "--output", str(output), "--batch_size", "32"]) == 0
+    assert list(_read(output)["top1"]) == ["3"]
+    assert main(["linear", "--help"]) == 0
+    assert "--weight_decays" in capsys.readouterr().out

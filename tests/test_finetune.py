@@ -15,12 +15,16 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation, pipeline
 
 from equirecon import EquiReconForPreTraining
+from equirecon.commands.finetune import main, parse_arguments
 from equirecon.evaluation.loading import InputSpec
-from equirecon.training import downstream_data as dd
-from equirecon.training.finetune import FinetuneModelArguments, load_model, main, parse_arguments
+from equirecon.finetuning import data as dd
+from equirecon.finetuning import shapes as fs
+from equirecon.finetuning import transforms
+from equirecon.finetuning.arguments import FinetuneModelArguments
+from equirecon.finetuning.models import load_model
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-SHAPE_NAMES = {**dict(enumerate(dd.SHAPE_CLASSES)), 4: "star"}  # "star" never occurs: an absent class
+SHAPE_NAMES = {**dict(enumerate(fs.SHAPE_CLASSES)), 4: "star"}  # "star" never occurs: an absent class
 
 
 def _run(argv, capsys):
@@ -55,7 +59,7 @@ def classification_run(checkpoint, tmp_path_factory):
 def segmentation_dataset(tmp_path_factory):
     """Generated shapes saved with save_to_disk, with an id2label.json naming a class that never occurs and a frame
     of ignored (255) pixels around every evaluation label map."""
-    shapes = dd.shapes_dataset(num_train=8, num_validation=10, image_size=48, seed=3)
+    shapes = fs.shapes_dataset(num_train=8, num_validation=10, image_size=48, seed=3)
 
     def frame(example):
         label = np.array(example["label"])
@@ -90,9 +94,9 @@ def _eval_batches(output, task, dataset, batch_size):
     spec = InputSpec(
         (processor["size"]["height"], processor["size"]["width"]), processor["image_mean"], processor["image_std"]
     )
-    transform = dd.DownstreamTransform(
+    transform = transforms.DownstreamTransform(
         task,
-        dd.build_transform(
+        transforms.build_transform(
             task, train=False, size=spec.image_size, image_mean=spec.image_mean, image_std=spec.image_std
         ),
         image_column="image",
@@ -100,7 +104,9 @@ def _eval_batches(output, task, dataset, batch_size):
     )
     examples = dataset.with_transform(transform)
     for start in range(0, len(examples), batch_size):
-        yield dd.collate_downstream([examples[i] for i in range(start, min(start + batch_size, len(examples)))])
+        yield transforms.collate_downstream(
+            [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
+        )
 
 
 # --------------------------------------------------------------------------------------------------- end to end
@@ -124,7 +130,7 @@ def test_linear_probe_writes_a_complete_model_directory(classification_run, chec
     assert encoder and all(torch.equal(trained[key], pretrained[key]) for key in encoder)
     card = (output / "README.md").read_text()
     results = json.loads((output / "eval_results.json").read_text())
-    assert "sklearn-digits" in card and "built-in offline default" in card and "linear probe" in card
+    assert "digits" in card and "built-in offline default" in card and "linear probe" in card
     assert f"| accuracy | {results['eval_accuracy']:.4f} |" in card
     assert "More information needed" not in card.split("## Training procedure")[0]
     index = {r.metric_type: r for r in ModelCard.load(output / "README.md").data.eval_results}
@@ -239,7 +245,7 @@ def test_evaluation_sees_what_the_saved_image_processor_makes(classification_run
 
     processor = AutoImageProcessor.from_pretrained(classification_run)
     size = (processor.size["height"], processor.size["width"])
-    transform = dd.build_transform(
+    transform = transforms.build_transform(
         "classification", train=False, size=size, image_mean=processor.image_mean, image_std=processor.image_std
     )
     grey_levels = torch.tensor(processor.image_std).view(3, 1, 1) * 255
@@ -338,29 +344,29 @@ def test_shape_masks_are_exact():
     """Composite the same shapes onto two backgrounds: the pixels that differ are exactly the background label."""
     dark, light = np.zeros((64, 64, 3), np.uint8), np.full((64, 64, 3), 255, np.uint8)
     for seed in range(5):
-        image_a, label_a = dd._draw_shapes_example(dark, np.random.default_rng(seed))
-        image_b, label_b = dd._draw_shapes_example(light, np.random.default_rng(seed))
+        image_a, label_a = fs._draw_shapes_example(dark, np.random.default_rng(seed))
+        image_b, label_b = fs._draw_shapes_example(light, np.random.default_rng(seed))
         assert np.array_equal(label_a, label_b) and (label_a > 0).any()
         assert np.array_equal((image_a != image_b).any(-1), label_a == 0)
 
 
 def test_built_in_defaults(monkeypatch):
     digits = dd.load_downstream_dataset("classification")
-    assert (digits.name, len(digits.train), len(digits.eval), digits.num_labels) == ("sklearn-digits", 1437, 360, 10)
+    assert (digits.name, len(digits.train), len(digits.eval), digits.num_labels) == ("digits", 1437, 360, 10)
     assert not digits.flip_invariant and digits.crop_scale == (0.5, 1.0) and digits.builtin
-    small = dd.shapes_dataset
+    small = fs.shapes_dataset
     monkeypatch.setattr(dd, "shapes_dataset", lambda: small(num_train=6, num_validation=4, image_size=32))
     shapes = dd.load_downstream_dataset("segmentation")
     assert (shapes.name, len(shapes.train), len(shapes.eval)) == ("embedded-shapes", 6, 4)
-    assert shapes.id2label == dict(enumerate(dd.SHAPE_CLASSES)) and shapes.flip_invariant
+    assert shapes.id2label == dict(enumerate(fs.SHAPE_CLASSES)) and shapes.flip_invariant
     labels = np.stack([np.asarray(label) for label in shapes.eval["label"]])
-    assert 0 in labels and set(np.unique(labels)) <= set(range(len(dd.SHAPE_CLASSES)))
+    assert 0 in labels and set(np.unique(labels)) <= set(range(len(fs.SHAPE_CLASSES)))
 
 
 def test_segmentation_training_crop_pads_labels_with_the_ignore_index():
-    transform = dd.DownstreamTransform(
+    transform = transforms.DownstreamTransform(
         "segmentation",
-        dd.build_transform(
+        transforms.build_transform(
             "segmentation",
             train=True,
             size=32,
@@ -383,9 +389,9 @@ def test_segmentation_training_crop_pads_labels_with_the_ignore_index():
 
 
 def test_reduce_labels_maps_zero_to_ignore():
-    transform = dd.DownstreamTransform(
+    transform = transforms.DownstreamTransform(
         "segmentation",
-        dd.build_transform("segmentation", train=False, size=2, image_mean=[0] * 3, image_std=[1] * 3),
+        transforms.build_transform("segmentation", train=False, size=2, image_mean=[0] * 3, image_std=[1] * 3),
         image_column="image",
         label_column="label",
         reduce_labels=True,

@@ -52,7 +52,7 @@ def test_pretraining_outputs_and_loss_composition():
     model = _model(reconstruction_weight=0.5)
     out = model(**_batch(), output_reconstructions=True)
     assert out.reconstructions.shape == (4, 2, 3, 32, 32)
-    assert out.invariant_embeds.shape == (2, 4, 8)
+    assert out.pooled_invariant_embeds.shape == (2, 4, 8)
     assert out.equivariant_embeds.shape == (2, 4, 16, 8)
     assert torch.allclose(out.loss, out.ssl_loss + 0.5 * out.reconstruction_loss)
     no_targets = model(pixel_values=_batch()["pixel_values"], transformed_pixel_values=_batch()["pixel_values"])

@@ -6,8 +6,8 @@ from transformers import AutoImageProcessor, AutoModel
 
 from equirecon import EquiReconModel
 from equirecon.cli import main as cli_main
+from equirecon.commands.pretrain import parse_arguments
 from equirecon.model_card import build_model_card
-from equirecon.training.pretrain import parse_arguments
 
 FAST = [
     "--max_steps", "2",

@@ -44,11 +44,19 @@ def test_components_are_averaged_over_accumulation_steps(tmp_path):
     assert entry["loss"] == pytest.approx(entry["ssl_loss"] + entry["reconstruction_loss"], rel=1e-3)
 
 
-def test_training_weights_override_the_config(tmp_path):
-    trainer = tiny_trainer(tmp_path, ssl_weight=0.0, reconstruction_weight=2.0, max_steps=1)
+def test_the_config_owns_the_loss_weights(tmp_path):
+    weights = {"ssl_weight": 0.0, "reconstruction_weight": 2.0}
+    trainer = tiny_trainer(tmp_path, model_overrides=weights, max_steps=1, **weights)  # agreeing arguments are fine
     trainer.train()
     (entry,) = _losses(trainer.state.log_history).values()
     assert entry["loss"] == pytest.approx(2.0 * entry["reconstruction_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize(("name", "value"), [("reconstruction_weight", 2.0), ("ssl_weight", 0.5)])
+def test_training_weights_that_disagree_with_the_config_are_refused(tmp_path, name, value):
+    # Before, a trainer λ > 0 on a config with λ = 0 silently trained SSL only.
+    with pytest.raises(ValueError, match=f"--{name} {value} does not match the model's {name}"):
+        tiny_trainer(tmp_path, model_overrides={"reconstruction_weight": 0.0}, **{name: value})
 
 
 def test_learning_rate_scales_with_the_effective_batch(tmp_path):
@@ -99,8 +107,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
 
     def poisoned(first, second):
         calls["n"] += 1
-        loss, terms = original(first, second)
-        return (loss * math.nan if calls["n"] == 4 else loss), terms
+        loss = original(first, second)
+        return loss * math.nan if calls["n"] == 4 else loss
 
     objective.forward = poisoned
     with pytest.raises(NonFiniteLossError, match=r"at step 3 .*Last good checkpoint: .*checkpoint-2"):
@@ -112,7 +120,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
 
 def test_two_processes_read_different_data_and_save_a_loadable_model(tmp_path):
     script = Path(__file__).parent / "scripts" / "distributed_pretrain.py"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     port = str(29600 + os.getpid() % 1000)
     command = [
         sys.executable,

@@ -14,8 +14,8 @@ from PIL import Image, ImageEnhance
 from scipy.ndimage import gaussian_filter
 from skimage.color import hsv2rgb, rgb2hsv
 
-from equirecon.training import transformations
-from equirecon.training.transformations import (
+from equirecon.imaging import transformations
+from equirecon.imaging.transformations import (
     BLUR_IDENTITY_SIGMA,
     FAMILIES,
     TransformationConfig,

@@ -12,14 +12,10 @@ import torch
 from _data_helpers import IMAGENET_MEAN, IMAGENET_STD, awkward_images, encode, smooth_image
 from PIL import Image
 
-from equirecon.training.transformations import TransformationConfig
-from equirecon.training.views import (
-    VIEW_PRESETS,
-    TransformPairMaker,
-    build_view_transform,
-    seed_view_transform,
-    to_rgb_uint8,
-)
+from equirecon.imaging.decoding import to_rgb_uint8
+from equirecon.imaging.transformations import TransformationConfig
+from equirecon.imaging.workers import seed_view_transform
+from equirecon.training.views import VIEW_PRESETS, TransformPairMaker, build_view_transform
 
 PHOTO = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
 

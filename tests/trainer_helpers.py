@@ -7,10 +7,10 @@ from model_helpers import tiny_config
 from transformers import set_seed
 
 from equirecon import EquiReconForPreTraining
+from equirecon.imaging.transformations import TransformationConfig
 from equirecon.training.arguments import EquiReconTrainingArguments
 from equirecon.training.data import build_transform_pair_dataset, collate_transform_pairs, load_images
 from equirecon.training.trainer import EquiReconTrainer
-from equirecon.training.transformations import TransformationConfig
 from equirecon.training.views import TransformPairMaker
 
 TRANSFORMATION = TransformationConfig(family="rotation")

@@ -1,21 +1,21 @@
 """The `equirecon` command: `pretrain`, `evaluate`, `finetune`, `model-card`.
 
-Each subcommand lives with its code and is imported only when used, so `equirecon --help` stays fast.
+Each subcommand is a module of `equirecon.commands` (or `equirecon.model_card`), imported only when used, so
+`equirecon --help` stays fast. Set-up (logging, offline albumentations) is `equirecon.command_line.setup`.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 COMMANDS = {
     "pretrain": (
-        "equirecon.training.pretrain",
+        "equirecon.commands.pretrain",
         "pretrain a model with EquiReconTrainer (default: tiny, embedded photos)",
     ),
-    "evaluate": ("equirecon.evaluation.command", "equivariance R² benchmark, kNN and linear probes"),
-    "finetune": ("equirecon.training.finetune", "fine-tune or probe a classification / segmentation head"),
+    "evaluate": ("equirecon.commands.evaluate", "equivariance R² benchmark, kNN and linear probes"),
+    "finetune": ("equirecon.commands.finetune", "fine-tune or probe a classification / segmentation head"),
     "model-card": ("equirecon.model_card", "(re)write the model card of a model directory"),
 }
 
@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"equirecon: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    # albumentations 2.0.8 checks PyPI for updates on import; keep runs offline and quiet.
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from .command_line import setup
+
+    setup()
     module = importlib.import_module(COMMANDS[command][0])
     return module.main(arguments)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -178,6 +180,117 @@ def write_model_card(model_dir: str | Path, model_name: str | None = None, repo_
     path = Path(model_dir) / CARD_FILE
     card.save(path)
     return path
+
+
+# ------------------------------------------------------------------------------------------- fine-tuned models
+
+#: The pipeline task of each fine-tuning task.
+PIPELINE_TASKS = {"classification": "image-classification", "segmentation": "image-segmentation"}
+# Metrics written to the model card's model-index: (key without "eval_", display name).
+_CARD_METRICS = {
+    "classification": [("accuracy", "Accuracy"), ("mean_class_accuracy", "Mean per-class accuracy")],
+    "segmentation": [
+        ("mean_iou", "Mean IoU"),
+        ("mean_accuracy", "Mean accuracy"),
+        ("overall_accuracy", "Pixel accuracy"),
+    ],
+}
+
+
+def write_finetuned_model_card(
+    trainer: Any,
+    *,
+    task: str,
+    base_model: str,
+    linear_probe: bool,
+    description: str,
+    data: Any,
+    metrics: dict[str, float],
+) -> Path:
+    """The card of a fine-tuned model: ``Trainer.create_model_card`` (hyperparameters, training log, framework
+    versions, model-index), with its "More information needed" sections filled from the run: what was fine-tuned
+    how (``description``), on which data (``data``: ``name``, ``description``, ``eval_split``, ``id2label``,
+    ``builtin``), with which measured results (``metrics``, Trainer's ``eval_*``)."""
+    local_base = os.path.isdir(base_model)
+    tags = ["equirecon", "vision", PIPELINE_TASKS[task], "linear-probe" if linear_probe else "fine-tuned"]
+    trainer.create_model_card(
+        model_name=Path(trainer.args.output_dir).name,
+        finetuned_from=None if local_base else base_model,
+        tasks=PIPELINE_TASKS[task],
+        dataset=data.name,
+        dataset_tags=data.name,  # without a tag Trainer writes an empty model-index
+        tags=tags,
+    )
+    path = Path(trainer.args.output_dir) / "README.md"
+    card = path.read_text()
+    base = f"the local checkpoint `{base_model}`" if local_base else f"`{base_model}`"
+    default_note = (
+        " No `--dataset` was given, so the built-in offline default was used; the figures show that the pipeline "
+        "works, not what the encoder is worth on real data."
+        if data.builtin
+        else ""
+    )
+    description = f"{type(trainer.model).__name__} fine-tuned from {base}: {description}"
+    uses = (
+        f"```python\nimport equirecon  # or trust_remote_code=True without the package\nfrom transformers import "
+        f'pipeline\n\npipe = pipeline("{PIPELINE_TASKS[task]}", model="{trainer.args.output_dir}")\n```'
+    )
+    data_text = f"{data.description}.{default_note}"
+    results = _results_table(task, data.id2label, metrics)
+    replacements = {
+        "trained from scratch on": f"fine-tuned from {base} on",
+        "## Model description\n\nMore information needed": f"## Model description\n\n{description}",
+        "## Intended uses & limitations\n\nMore information needed": f"## Intended uses & limitations\n\n{uses}",
+        "## Training and evaluation data\n\nMore information needed": (
+            f"## Training and evaluation data\n\n{data_text}\n\n{results}"
+        ),
+    }
+    for old, new in replacements.items():
+        if old in card:
+            card = card.replace(old, new, 1)
+        elif old.startswith("##"):  # a future transformers changed its template: keep the information anyway
+            card += f"\n{new}\n"
+    model_card = ModelCard(card)
+    # Trainer's model-index only knows a fixed list of metric names (no mean IoU): write our own results.
+    model_card.data.eval_results = [
+        EvalResult(
+            task_type=PIPELINE_TASKS[task],
+            task_name=PIPELINE_TASKS[task].replace("-", " ").capitalize(),
+            dataset_type=data.name,
+            dataset_name=data.name,
+            dataset_split=data.eval_split,
+            metric_type=metric,
+            metric_name=label,
+            metric_value=float(metrics[f"eval_{metric}"]),
+        )
+        for metric, label in _CARD_METRICS[task]
+        if math.isfinite(metrics.get(f"eval_{metric}", float("nan")))
+    ]
+    model_card.data.model_name = Path(trainer.args.output_dir).name
+    model_card.save(path)
+    return path
+
+
+def _results_table(task: str, id2label: dict[int, str], metrics: dict[str, float]) -> str:
+    if task == "classification":
+        return (
+            "| metric | value |\n|---|---|\n"
+            f"| accuracy | {metrics.get('eval_accuracy', float('nan')):.4f} |\n"
+            f"| mean per-class accuracy | {metrics.get('eval_mean_class_accuracy', float('nan')):.4f} |"
+        )
+    rows = ["| class | IoU | accuracy |", "|---|---|---|"]
+    for _, name in sorted(id2label.items()):
+        iou, accuracy = (
+            metrics.get(f"eval_iou_{name}", float("nan")),
+            metrics.get(f"eval_accuracy_{name}", float("nan")),
+        )
+        rows.append(f"| {name} | {iou:.4f} | {accuracy:.4f} |")
+    rows.append(
+        f"| **mean** | **{metrics.get('eval_mean_iou', float('nan')):.4f}** | "
+        f"**{metrics.get('eval_mean_accuracy', float('nan')):.4f}** |"
+    )
+    note = "Absent classes (NaN) are left out of the means. Pixel accuracy: "
+    return "\n".join(rows) + f"\n\n{note}{metrics.get('eval_overall_accuracy', float('nan')):.4f}."
 
 
 def main(argv: list[str] | None = None) -> int:

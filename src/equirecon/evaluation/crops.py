@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..imaging.context import reflect_into_box, widen_box
-from ..training.views import to_rgb_uint8
+from ..imaging.decoding import to_rgb_uint8
 
 __all__ = ["CropSet", "as_photos", "split_photos"]
 

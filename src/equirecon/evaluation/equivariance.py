@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..imaging.context import center_crop, context_side
-from ..training.transformations import TransformationConfig, apply_transformation
+from ..imaging.transformations import TransformationConfig, apply_transformation
 from .cache import FeatureCache, cache_key, model_fingerprint
 from .crops import CropSet, as_photos, split_photos
 from .features import FeatureExtractor, eval_mode

@@ -63,13 +63,14 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def num_prefix_tokens(model: nn.Module) -> int:
     """Number of tokens before the patch tokens in ``last_hidden_state``.
 
-    Uses the model's own ``num_prefix_tokens`` when it has one (EquiRecon, timm-style models); otherwise counts
-    the CLS, register and distillation tokens its embeddings define, so models without a CLS token (Swin, ...)
-    get 0 rather than losing a patch token.
+    Uses the config's ``num_prefix_tokens`` when it has one (EquiRecon's single source of the count), else the
+    model's own (timm-style models); otherwise counts the CLS, register and distillation tokens the model's
+    embeddings define, so models without a CLS token (Swin, ...) get 0 rather than losing a patch token.
     """
-    value = getattr(model, "num_prefix_tokens", None)
-    if isinstance(value, int):
-        return value
+    for owner in (getattr(model, "config", None), model):
+        value = getattr(owner, "num_prefix_tokens", None)
+        if isinstance(value, int):
+            return value
     embeddings = getattr(model, "embeddings", None)
     if embeddings is None or getattr(embeddings, "cls_token", None) is None:
         return 0

@@ -1,38 +1,63 @@
-"""Labelled image sets for the classification probes: offline built-ins or any user dataset.
+"""Labelled images, for the probes and for fine-tuning alike: offline built-ins or any user dataset.
 
-The k-NN and linear probes need class labels, which the embedded photos do not have. Two labelled sets ship with
-the project's dependencies and need no download:
+:func:`load_labelled_dataset` is the one loader; it returns a ``datasets.DatasetDict`` with a ``train`` and a
+``validation`` split. Two labelled sets ship with the project's dependencies and need no download:
 
 * ``"digits"``: scikit-learn's handwritten digits, 1797 greyscale 8×8 images, 10 classes;
 * ``"lfw_subset"``: scikit-image's 200 greyscale 25×25 crops, faces vs non-faces (2 classes).
 
 They are tiny and easy, so they check that a pipeline works and rank features coarsely; they are no substitute
-for ImageNet-scale probes. Anything else ``equirecon.training.data.load_images`` accepts (an image folder with one
-sub-folder per class, Parquet, a Hub name, a ``datasets`` object) can be used with a label column.
+for ImageNet-scale probes. Any other source works with a label column: a dataset saved with ``save_to_disk``, an
+image folder with one sub-folder per class, Parquet, a Hub name, or a ``datasets`` object.
+
+The split rule, the same everywhere: a built-in set has a fixed stratified 80/20 train/validation split (seed 0), so
+every probe and fine-tuning run sees the same held-out images. Another source uses the evaluation split named, else
+the first of ``validation``/``valid``/``val``/``test`` it has, else holds out ``validation_fraction`` of the
+training split (stratified by the label when it is a ``ClassLabel``, seeded).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pathlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import datasets
 import numpy as np
+from PIL import Image
 
-from ..training.data import find_image_column, load_images
+from ..imaging.sources import find_image_column, load_images
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BUILTIN_LABELLED_SETS", "LabelledImages", "builtin_labelled_arrays", "load_labelled_images"]
+__all__ = [
+    "BUILTIN_LABELLED_SETS",
+    "EVAL_SPLIT_NAMES",
+    "LabelledImages",
+    "builtin_labelled_arrays",
+    "is_saved_dataset",
+    "load_labelled_splits",
+    "load_labelled_dataset",
+    "load_labelled_images",
+    "resolve_builtin_name",
+    "split_labelled",
+]
 
 BUILTIN_LABELLED_SETS: dict[str, str] = {
     "digits": "scikit-learn's bundled handwritten digits (1797 greyscale 8×8 images, 10 classes)",
     "lfw_subset": "scikit-image's bundled LFW subset (200 greyscale 25×25 crops, face / non-face)",
 }
+#: Names used by `equirecon finetune` before the two loaders were one; accepted with a warning.
+_DEPRECATED_NAMES: dict[str, str] = {"sklearn-digits": "digits", "skimage-lfw-subset": "lfw_subset"}
+#: The built-in sets' held-out share (stratified, seed 0).
+BUILTIN_VALIDATION_FRACTION = 0.2
+#: Split names tried, in order, for evaluation when none is named.
+EVAL_SPLIT_NAMES: tuple[str, ...] = ("validation", "valid", "val", "test")
 
 
 @dataclass
@@ -51,19 +76,15 @@ class LabelledImages:
         return len(self.class_names)
 
 
-def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split that keeps every class's proportion (each class with >= 2 samples appears on both sides)."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
-    rng = np.random.default_rng([seed, 3])
-    train, test = [], []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        num_test = int(round(test_fraction * len(members)))
-        num_test = min(max(num_test, 1 if len(members) > 1 else 0), len(members) - 1)
-        test.append(members[:num_test])
-        train.append(members[num_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+def resolve_builtin_name(name: Any) -> str | None:
+    """The built-in set ``name`` stands for (old names warn and map to the new ones), or None."""
+    if not isinstance(name, str):
+        return None
+    if name in _DEPRECATED_NAMES:
+        new = _DEPRECATED_NAMES[name]
+        warnings.warn(f"the dataset name {name!r} is deprecated; use {new!r}", FutureWarning, stacklevel=3)
+        return new
+    return name if name in BUILTIN_LABELLED_SETS else None
 
 
 def builtin_labelled_arrays(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -84,22 +105,112 @@ def builtin_labelled_arrays(name: str) -> tuple[np.ndarray, np.ndarray, list[str
     return images, labels, ["non-face", "face"]
 
 
+@functools.cache
+def _builtin_dataset(name: str) -> datasets.DatasetDict:
+    images, labels, names = builtin_labelled_arrays(name)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(names))})
+    dataset = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(image, mode="L") for image in images], "label": labels.tolist()}, features=features
+    )
+    parts = dataset.train_test_split(test_size=BUILTIN_VALIDATION_FRACTION, seed=0, stratify_by_column="label")
+    return datasets.DatasetDict({"train": parts["train"], "validation": parts["test"]})
+
+
+def is_saved_dataset(path: pathlib.Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def load_labelled_splits(source: Any, *, config_name: str | None = None) -> datasets.DatasetDict:
+    """Every split of a labelled ``source`` (no splitting here): a built-in name, a ``datasets`` object, a folder
+    saved with ``save_to_disk``, an image folder (class sub-folders become the ``label`` column), Parquet, or a Hub
+    dataset. A single ``Dataset`` becomes the ``train`` split."""
+    builtin = resolve_builtin_name(source)
+    if builtin is not None:
+        return datasets.DatasetDict(dict(_builtin_dataset(builtin)))
+    if isinstance(source, datasets.DatasetDict):
+        return source
+    if isinstance(source, datasets.Dataset):
+        return datasets.DatasetDict({"train": source})
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(f"source must be a name, a path or a datasets object, got {type(source).__name__}")
+    path = pathlib.Path(os.path.expanduser(str(source)))
+    kwargs: dict[str, Any] = {"name": config_name} if config_name else {}
+    if path.is_dir() and is_saved_dataset(path):
+        loaded = datasets.load_from_disk(str(path))
+    elif path.is_dir() and not any(path.rglob("*.parquet")):
+        # An image folder: keep the class sub-folders as labels (load_images drops them, as pretraining needs).
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+    elif path.is_dir() or str(source).endswith(".parquet"):
+        loaded = datasets.DatasetDict({"train": load_images(source, split="train")})
+    else:
+        if path.suffix and path.exists():
+            raise ValueError(f"{source} is a file; give a folder, a dataset saved with save_to_disk or a Hub name")
+        try:
+            loaded = datasets.load_dataset(str(source), **kwargs)
+        except (OSError, datasets.exceptions.DatasetNotFoundError) as error:  # OSError: offline, no such file
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(f"cannot load {source!r} (not a local folder, and from the Hub: {first})") from error
+    if not isinstance(loaded, datasets.DatasetDict):
+        loaded = datasets.DatasetDict({"train": loaded})
+    return loaded
+
+
+def split_labelled(
+    splits: datasets.DatasetDict | dict[str, datasets.Dataset],
+    *,
+    train_split: str = "train",
+    eval_split: str | None = None,
+    validation_fraction: float = 0.2,
+    label_column: str | None = "label",
+    seed: int = 0,
+) -> tuple[datasets.DatasetDict, str]:
+    """The split rule (module docstring): ``train`` and ``validation`` from ``splits``, and where the validation
+    examples come from (a split name, or e.g. ``"20% of train"``)."""
+    if train_split not in splits:
+        raise ValueError(f"--train_split {train_split!r} not found; the dataset has splits {sorted(splits)}")
+    if eval_split is not None and eval_split not in splits:
+        raise ValueError(f"--eval_split {eval_split!r} not found; the dataset has splits {sorted(splits)}")
+    if eval_split is None:
+        eval_split = next((s for s in EVAL_SPLIT_NAMES if s in splits and s != train_split), None)
+    train = splits[train_split]
+    if eval_split is not None:
+        return datasets.DatasetDict({"train": train, "validation": splits[eval_split]}), eval_split
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"the dataset has no evaluation split and the held-out fraction is {validation_fraction}")
+    feature = train.features.get(label_column) if label_column is not None else None
+    stratify = label_column if isinstance(feature, datasets.ClassLabel) else None
+    parts = train.train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column=stratify)
+    held_out = f"{validation_fraction:.0%} of {train_split}"
+    return datasets.DatasetDict({"train": parts["train"], "validation": parts["test"]}), held_out
+
+
+def load_labelled_dataset(
+    source: Any = "digits",
+    *,
+    train_split: str = "train",
+    eval_split: str | None = None,
+    validation_fraction: float = 0.2,
+    label_column: str | None = "label",
+    config_name: str | None = None,
+    seed: int = 0,
+) -> datasets.DatasetDict:
+    """Labelled ``train`` and ``validation`` splits of ``source`` by the split rule of this module."""
+    splits = load_labelled_splits(source, config_name=config_name)
+    dataset, _ = split_labelled(
+        splits,
+        train_split=train_split,
+        eval_split=eval_split,
+        validation_fraction=validation_fraction,
+        label_column=label_column,
+        seed=seed,
+    )
+    return dataset
+
+
 def _subsample(indices: np.ndarray, max_images: int | None, seed: int) -> np.ndarray:
     if max_images is None or len(indices) <= max_images:
         return indices
     return np.sort(np.random.default_rng([seed, 4]).choice(indices, size=max_images, replace=False))
-
-
-def _load_split(source: Any, split: str, image_column: str | None) -> datasets.Dataset:
-    path = pathlib.Path(os.path.expanduser(str(source))) if isinstance(source, str | os.PathLike) else None
-    if path is not None and path.is_dir() and not any(path.rglob("*.parquet")):
-        # An image folder: keep the class sub-folders as labels (load_images drops them, as pretraining needs).
-        dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
-    else:
-        dataset = load_images(source, split=split, image_column=image_column)
-    if not isinstance(dataset, datasets.Dataset):
-        raise ValueError("the probes need a map-style dataset; load it without streaming.")
-    return dataset
 
 
 def _labels_of(dataset: datasets.Dataset, label_column: str, names: list[str] | None) -> tuple[np.ndarray, list[str]]:
@@ -129,50 +240,45 @@ def load_labelled_images(
     test_split: str | None = None,
     image_column: str | None = None,
     label_column: str = "label",
-    test_fraction: float = 0.25,
+    test_fraction: float = 0.2,
     max_images: int | None = None,
     seed: int = 0,
 ) -> LabelledImages:
-    """Train/test images and labels for the probes.
+    """Train/test images and labels for the probes, from :func:`load_labelled_dataset`.
 
     Args:
-        source: ``"digits"`` or ``"lfw_subset"`` (offline built-ins), or anything ``load_images`` accepts. An
-            image folder keeps its class sub-folders as the ``label`` column.
-        split, test_split: the splits to train and test on. Without ``test_split``, ``split`` is divided
-            (stratified, seeded) with ``test_fraction`` held out.
+        source: ``"digits"`` or ``"lfw_subset"`` (offline built-ins), or any labelled source (module docstring).
+        split, test_split: the splits to train and test on; without ``test_split`` the split rule picks one or
+            holds out ``test_fraction`` of ``split``.
         image_column, label_column: the columns holding images and labels (image column found automatically).
         max_images: cap on the train and on the test images (seeded random subset), to bound encoding time.
-        seed: seeds the split and the subsets.
+        seed: seeds the held-out split of a source without one, and the subsets.
     """
-    if isinstance(source, str) and source in BUILTIN_LABELLED_SETS:
-        if test_split is not None:
-            raise ValueError(f"the built-in set {source!r} has a single split; use test_fraction instead.")
-        images, labels, names = builtin_labelled_arrays(source)
-        train_idx, test_idx = _stratified_split(labels, test_fraction, seed)
-        train_idx, test_idx = _subsample(train_idx, max_images, seed), _subsample(test_idx, max_images, seed + 1)
-        return LabelledImages(
-            train_images=list(images[train_idx]),
-            train_labels=labels[train_idx],
-            test_images=list(images[test_idx]),
-            test_labels=labels[test_idx],
-            class_names=names,
-            description=BUILTIN_LABELLED_SETS[source],
-        )
-
-    train_set = _load_split(source, split, image_column)
+    builtin = resolve_builtin_name(source)
+    splits = load_labelled_splits(source)
+    dataset, held_out = split_labelled(
+        splits,
+        train_split=split,
+        eval_split=test_split,
+        validation_fraction=test_fraction,
+        label_column=label_column,
+        seed=seed,
+    )
+    train_set, test_set = dataset["train"], dataset["validation"]
+    for name, part in (("train", train_set), ("test", test_set)):
+        if not isinstance(part, datasets.Dataset):
+            raise ValueError(f"the probes need a map-style {name} split; load it without streaming.")
     column = find_image_column(train_set, image_column)
     train_labels, names = _labels_of(train_set, label_column, None)
-    if test_split is not None:
-        test_set = _load_split(source, test_split, image_column)
-        test_labels, _ = _labels_of(test_set, label_column, names)
-        train_idx, test_idx = np.arange(len(train_set)), np.arange(len(test_set))
+    test_labels, _ = _labels_of(test_set, label_column, names)
+    train_idx = _subsample(np.arange(len(train_set)), max_images, seed)
+    test_idx = _subsample(np.arange(len(test_set)), max_images, seed + 1)
+    if builtin is not None:
+        description = BUILTIN_LABELLED_SETS[builtin]
     else:
-        test_set, test_labels = train_set, train_labels
-        train_idx, test_idx = _stratified_split(train_labels, test_fraction, seed)
-    train_idx, test_idx = _subsample(train_idx, max_images, seed), _subsample(test_idx, max_images, seed + 1)
-    description = f"{source} (split {split!r}" + (
-        f", test split {test_split!r})" if test_split else f", {test_fraction:.0%} held out)"
-    )
+        description = f"{source} (split {split!r}, " + (
+            f"test split {held_out!r})" if test_split or held_out in splits else f"{held_out} held out)"
+        )
     return LabelledImages(
         train_images=train_set.select(train_idx)[column],
         train_labels=train_labels[train_idx],

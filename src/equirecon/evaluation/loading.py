@@ -19,7 +19,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, PreTrainedModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..training.views import to_rgb_uint8
+from ..imaging.decoding import to_rgb_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +133,14 @@ def load_model(
 ) -> tuple[PreTrainedModel, InputSpec]:
     """Load a frozen encoder with ``AutoModel`` (in eval mode, without gradients) and its :class:`InputSpec`.
 
-    ``import equirecon`` registers the EquiRecon classes, so EquiRecon directories load without remote code;
+    Registering the EquiRecon classes with the Auto classes, so EquiRecon directories load without remote code;
     a pretraining checkpoint loads as its encoder (``EquiReconModel``). Other vision checkpoints load as their
     own base model. ``dtype`` (e.g. ``"bfloat16"`` on a GPU) is passed to ``from_pretrained``; features are
     returned in float32 whatever the model computes in.
     """
-    import equirecon  # noqa: F401  (registers model_type "equirecon" with the Auto classes)
+    from ..registration import register_auto_classes
+
+    register_auto_classes()  # model_type "equirecon" resolves without remote code
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model = AutoModel.from_pretrained(

@@ -47,7 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "vicreg-vit-s16": {"backbone_config": _VIT_S16, "d_patch": 512, "d_equi": 256, "ssl_objective": "vicreg"},
     # Paper Table 4, SimCLR host.
     "simclr-vit-s16": {"backbone_config": _VIT_S16, "d_patch": 512, "d_equi": 256, "ssl_objective": "simclr"},
-    # A ViT small enough to pretrain on two CPU cores in minutes: 64² crops, 8×8 patches (FINDINGS.md).
+    # A ViT small enough to pretrain on two CPU cores in minutes: 64² crops, 8×8 patches.
     "tiny": {
         "backbone_config": {
             "model_type": "dinov2",
@@ -63,7 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "d_equi": 128,
         "ssl_objective": "vicreg",
         "vicreg_expander_dims": [1024, 1024, 1024],
-        # At 64² the decoders are cheap next to the encoder: give them the width FINDINGS.md measured with.
+        # At 64² the decoders are cheap next to the encoder, so they can be wider than the ViT-S/16 default.
         "decoder_patch_channels": 16,
         "decoder_hidden_channels": 32,
         "transformation": {"family": "rotation"},
@@ -100,6 +100,8 @@ class EquiReconConfig(PretrainedConfig):
             λ in `loss = ssl_loss + λ·reconstruction_loss`. `0.0` gives the host method alone, without decoders.
         ssl_objective (`str`, *optional*, defaults to `"vicreg"`):
             Host SSL objective on the invariant part, one of `SSL_OBJECTIVES`.
+        ssl_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the host SSL loss in the pretraining loss (the paper keeps it at 1).
         vicreg_sim_coeff, vicreg_std_coeff, vicreg_cov_coeff (`float`, *optional*, defaults to 10, 10, 1):
             VICReg loss weights (SIE's configuration).
         vicreg_expander_dims (`list[int]`, *optional*, defaults to `[2048, 2048, 2048]`):
@@ -160,6 +162,7 @@ class EquiReconConfig(PretrainedConfig):
         num_intermediates: int = 2,
         reconstruction_weight: float = 1.0,
         ssl_objective: str = "vicreg",
+        ssl_weight: float = 1.0,
         vicreg_sim_coeff: float = 10.0,
         vicreg_std_coeff: float = 10.0,
         vicreg_cov_coeff: float = 1.0,
@@ -203,6 +206,7 @@ class EquiReconConfig(PretrainedConfig):
         self.num_intermediates = num_intermediates
         self.reconstruction_weight = reconstruction_weight
         self.ssl_objective = ssl_objective
+        self.ssl_weight = ssl_weight
         self.vicreg_sim_coeff = vicreg_sim_coeff
         self.vicreg_std_coeff = vicreg_std_coeff
         self.vicreg_cov_coeff = vicreg_cov_coeff
@@ -240,6 +244,13 @@ class EquiReconConfig(PretrainedConfig):
     def patch_size(self) -> int:
         """Encoder patch size (square), from the backbone."""
         return _as_pair(self.backbone_config.patch_size)[0]
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens in the encoder output: CLS, registers (Dinov2WithRegisters) and a
+        distillation token (DeiT). The one source of this count for the model and for evaluation."""
+        backbone = self.backbone_config
+        return 1 + (getattr(backbone, "num_register_tokens", 0) or 0) + int(backbone.model_type == "deit")
 
     @property
     def hidden_size(self) -> int:
@@ -299,6 +310,8 @@ class EquiReconConfig(PretrainedConfig):
                 f"`reconstruction_weight` (λ) must be >= 0, got {self.reconstruction_weight!r} "
                 "(the paper uses 1.0; 0.0 disables reconstruction)."
             )
+        if not self.ssl_weight >= 0:
+            raise ValueError(f"`ssl_weight` must be >= 0, got {self.ssl_weight!r}.")
         if self.ssl_objective not in SSL_OBJECTIVES:
             raise ValueError(f"`ssl_objective` must be one of {SSL_OBJECTIVES}, got {self.ssl_objective!r}.")
         for name in ("vicreg_sim_coeff", "vicreg_std_coeff", "vicreg_cov_coeff"):

@@ -57,15 +57,17 @@ class EquiReconModelOutput(ModelOutput):
 class EquiReconForPreTrainingOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`, returned when `return_loss=True`):
-        `ssl_loss + reconstruction_weight * reconstruction_loss`.
+        `ssl_weight * ssl_loss + reconstruction_weight * reconstruction_loss`, both weights from the config (the
+        reconstruction term when targets are given). `EquiReconTrainer` optimises exactly this.
     ssl_loss (`torch.FloatTensor` of shape `()`):
         Host SSL objective on the pooled invariant features of the two views.
     reconstruction_loss (`torch.FloatTensor` of shape `()`, returned when intermediate targets are given):
         Masked mean squared error of the K reconstructions, averaged over the K decoders.
     reconstructions (`torch.FloatTensor` of shape `(batch_size, K, 3, height, width)`, *optional*):
         Decoder outputs, returned when `output_reconstructions=True`.
-    invariant_embeds (`torch.FloatTensor` of shape `(2, batch_size, d_patch - d_equi)`):
-        Pooled invariant features of the first and second view.
+    pooled_invariant_embeds (`torch.FloatTensor` of shape `(2, batch_size, d_patch - d_equi)`):
+        Invariant features of the first and second view, averaged over the patch tokens: what the host SSL
+        objective reads. (Per-token invariant features are `EquiReconModelOutput.invariant_embeds`.)
     equivariant_embeds (`torch.FloatTensor` of shape `(2, batch_size, num_patches, d_equi)`):
         Per-patch equivariant features of the first and second view.
     hidden_states, attentions:
@@ -76,7 +78,7 @@ class EquiReconForPreTrainingOutput(ModelOutput):
     ssl_loss: torch.FloatTensor | None = None
     reconstruction_loss: torch.FloatTensor | None = None
     reconstructions: torch.FloatTensor | None = None
-    invariant_embeds: torch.FloatTensor | None = None
+    pooled_invariant_embeds: torch.FloatTensor | None = None
     equivariant_embeds: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -177,9 +179,8 @@ class EquiReconModel(EquiReconPreTrainedModel):
 
     @property
     def num_prefix_tokens(self) -> int:
-        """Tokens before the patch tokens: CLS, registers (Dinov2WithRegisters) and a distillation token (DeiT)."""
-        backbone_config = self.config.backbone_config
-        return 1 + getattr(backbone_config, "num_register_tokens", 0) + int(backbone_config.model_type == "deit")
+        """Tokens before the patch tokens (`EquiReconConfig.num_prefix_tokens`)."""
+        return self.config.num_prefix_tokens
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
@@ -227,7 +228,7 @@ class EquiReconDecoder(nn.Module):
 
     Each token writing its own patch keeps the receptive field local, so the decoder cannot reconstruct the
     intermediate image by copying neighbouring pixels of the second view: it must be told θ by the encoder
-    (FINDINGS.md: an upsampling decoder let the encoder skip θ)."""
+    (an upsampling decoder let the encoder skip θ)."""
 
     def __init__(self, config: EquiReconConfig):
         super().__init__()
@@ -273,11 +274,6 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
             else []
         )
         self.post_init()
-
-    def _pool_invariant(self, invariant: torch.Tensor, num_prefix: int) -> torch.Tensor:
-        if self.ssl_objective.pooling == "cls":
-            return invariant[:, 0]
-        return invariant[:, num_prefix:].mean(dim=1)
 
     def forward(
         self,
@@ -325,14 +321,14 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
             output_attentions=output_attentions,
             return_dict=True,
         )
-        num_prefix = outputs.invariant_embeds.shape[1] - grid_size[0] * grid_size[1]
-        pooled_invariant = self._pool_invariant(outputs.invariant_embeds, num_prefix).unflatten(0, (2, batch_size))
+        num_prefix = self.config.num_prefix_tokens
+        pooled_invariant = outputs.invariant_embeds[:, num_prefix:].mean(dim=1).unflatten(0, (2, batch_size))
         equivariant = outputs.equivariant_embeds[:, num_prefix:].unflatten(0, (2, batch_size))
 
         ssl_loss = reconstruction_loss = loss = None
         if return_loss:
-            ssl_loss, _ = self.ssl_objective(pooled_invariant[0], pooled_invariant[1])
-            loss = ssl_loss
+            ssl_loss = self.ssl_objective(pooled_invariant[0], pooled_invariant[1])
+            loss = self.config.ssl_weight * ssl_loss
 
         reconstructions = None
         wants_reconstruction = output_reconstructions or (return_loss and intermediate_pixel_values is not None)
@@ -347,14 +343,14 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
                         f"{expected} (batch, K=num_intermediates, channels, height, width)."
                     )
                 reconstruction_loss = masked_mse(reconstructions, intermediate_pixel_values, intermediate_mask)
-                loss = ssl_loss + self.config.reconstruction_weight * reconstruction_loss
+                loss = loss + self.config.reconstruction_weight * reconstruction_loss
 
         output = EquiReconForPreTrainingOutput(
             loss=loss,
             ssl_loss=ssl_loss,
             reconstruction_loss=reconstruction_loss,
             reconstructions=reconstructions if output_reconstructions else None,
-            invariant_embeds=pooled_invariant,
+            pooled_invariant_embeds=pooled_invariant,
             equivariant_embeds=equivariant,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
@@ -422,30 +418,16 @@ class EquiReconForImageClassification(EquiReconDownstreamModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
         )
         sequence_output = outputs.last_hidden_state
-        patch_tokens = sequence_output[:, self.equirecon.num_prefix_tokens :]
+        patch_tokens = sequence_output[:, self.config.num_prefix_tokens :]
         logits = self.classifier(torch.cat([sequence_output[:, 0], patch_tokens.mean(dim=1)], dim=-1))
 
         loss = None
         if labels is not None:
-            loss = self._classification_loss(logits, labels.to(logits.device))
+            loss = self.loss_function(labels, logits, self.config)
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
         return output if return_dict else output.to_tuple()
-
-    def _classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.config.problem_type is None:
-            if self.num_labels == 1:
-                self.config.problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int):
-                self.config.problem_type = "single_label_classification"
-            else:
-                self.config.problem_type = "multi_label_classification"
-        if self.config.problem_type == "regression":
-            return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
-        if self.config.problem_type == "single_label_classification":
-            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
 class EquiReconLinearSegmentationHead(nn.Module):
@@ -456,8 +438,9 @@ class EquiReconLinearSegmentationHead(nn.Module):
         self.norm = nn.BatchNorm2d(config.hidden_size)
         self.classifier = nn.Conv2d(config.hidden_size, config.num_labels, kernel_size=1)
 
-    def forward(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
-        return self.classifier(self.norm(feature_maps[-1]))
+    def forward(self, feature_maps: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
+        """(logits, no auxiliary logits), the shape of every segmentation head's output."""
+        return self.classifier(self.norm(feature_maps[-1])), None
 
 
 class EquiReconFeaturePyramid(nn.Module):
@@ -505,6 +488,7 @@ class EquiReconUperNetSegmentationHead(nn.Module):
         )
 
     def forward(self, feature_maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, auxiliary logits in training with the auxiliary head, else None)."""
         pyramid = self.pyramid(feature_maps)
         auxiliary = self.auxiliary_head(pyramid) if self.auxiliary_head is not None and self.training else None
         return self.decode_head(pyramid), auxiliary
@@ -532,7 +516,7 @@ class EquiReconForSemanticSegmentation(EquiReconDownstreamModel):
             states = [outputs.last_hidden_state]
         else:
             states = [outputs.hidden_states[i] for i in self.config.segmentation_out_indices]
-        num_prefix = self.equirecon.num_prefix_tokens
+        num_prefix = self.config.num_prefix_tokens
         return [s[:, num_prefix:].transpose(1, 2).reshape(s.shape[0], -1, *grid_size) for s in states]
 
     def forward(
@@ -561,7 +545,7 @@ class EquiReconForSemanticSegmentation(EquiReconDownstreamModel):
         patch = self.config.patch_size
         grid_size = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
         feature_maps = self._feature_maps(outputs, grid_size)
-        logits, auxiliary_logits = (self.head(feature_maps), None) if not needs_layers else self.head(feature_maps)
+        logits, auxiliary_logits = self.head(feature_maps)
 
         loss = None
         if labels is not None:

@@ -12,7 +12,6 @@ Self-contained (torch only) so that it travels with `save_pretrained` as Hub cus
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 import torch.distributed as dist
@@ -92,12 +91,10 @@ def info_nce_loss(first: torch.Tensor, second: torch.Tensor, temperature: float 
 
 
 class SSLObjective(nn.Module):
-    """Base of the host objectives. `pooling` says which pooled invariant feature the objective reads:
-    `"mean_patch"` (mean of the patch tokens' z_inv) or `"cls"` (the DINO family's choice)."""
+    """Base of the host objectives: the scalar loss of the two views' pooled invariant features (B, d_inv) each
+    (the mean of the patch tokens' z_inv)."""
 
-    pooling: ClassVar[str] = "mean_patch"
-
-    def forward(self, first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -113,11 +110,12 @@ class VICRegObjective(SSLObjective):
         self.std_coeff = std_coeff
         self.cov_coeff = cov_coeff
 
-    def forward(self, first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         # One BatchNorm pass over both views, so the statistics are shared as in a single forward.
         expanded = self.expander(torch.cat([first, second], dim=0)).float()
         first, second = expanded.chunk(2, dim=0)
-        return vicreg_loss(first, second, self.sim_coeff, self.std_coeff, self.cov_coeff)
+        loss, _ = vicreg_loss(first, second, self.sim_coeff, self.std_coeff, self.cov_coeff)
+        return loss
 
 
 class SimCLRObjective(SSLObjective):
@@ -128,10 +126,10 @@ class SimCLRObjective(SSLObjective):
         self.projector = build_mlp(input_dim, projector_dims)
         self.temperature = temperature
 
-    def forward(self, first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         projected = self.projector(torch.cat([first, second], dim=0)).float()
         first, second = projected.chunk(2, dim=0)
-        return info_nce_loss(first, second, self.temperature), {}
+        return info_nce_loss(first, second, self.temperature)
 
 
 def build_objective(config) -> SSLObjective:

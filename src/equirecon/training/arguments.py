@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from .transformations import FAMILIES, TransformationConfig
+from ..imaging.transformations import FAMILIES, TransformationConfig
 from .views import VIEW_PRESETS
 
 
@@ -41,7 +41,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Where images come from. Anything `equirecon.training.data.load_images` reads: "embedded" (the photos that
+    """Where images come from. Anything `equirecon.imaging.load_images` reads: "embedded" (the photos that
     ship with scikit-image and scikit-learn), a Hub dataset name, an image folder, Parquet files."""
 
     dataset: str = field(
@@ -70,13 +70,18 @@ class EquiReconTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "If set, learning_rate = base_learning_rate × effective batch size / 256 (as run_mae)."},
     )
-    ssl_weight: float = field(default=1.0, metadata={"help": "Weight of the host SSL loss."})
+    # λ, K and the SSL weight belong to the model config; `equirecon pretrain` applies these to it before building
+    # the model, and EquiReconTrainer refuses a model whose config disagrees.
+    ssl_weight: float | None = field(
+        default=None, metadata={"help": "Weight of the host SSL loss, set in the model config (default: its, 1.0)."}
+    )
     reconstruction_weight: float | None = field(
-        default=None, metadata={"help": "λ, weight of the reconstruction loss (default: the model config's)."}
+        default=None,
+        metadata={"help": "λ, weight of the reconstruction loss, set in the model config (default: the config's)."},
     )
     num_intermediates: int | None = field(
         default=None,
-        metadata={"help": "K intermediate targets (default: the model config's; must match a checkpoint)."},
+        metadata={"help": "K intermediate targets, set in the model config (default: its; must match a checkpoint)."},
     )
     transformation_family: str | None = field(
         default=None, metadata={"help": f"g_θ family, one of {FAMILIES} (default: the model config's)."}
@@ -122,7 +127,7 @@ class EquiReconTrainingArguments(TrainingArguments):
             self.learning_rate = self.base_learning_rate * self.effective_batch_size / 256
         if self.view_preset not in VIEW_PRESETS:
             raise ValueError(f"--view_preset must be one of {VIEW_PRESETS}, got {self.view_preset!r}.")
-        if self.ssl_weight < 0 or (self.reconstruction_weight is not None and self.reconstruction_weight < 0):
+        if any(weight is not None and weight < 0 for weight in (self.ssl_weight, self.reconstruction_weight)):
             raise ValueError("--ssl_weight and --reconstruction_weight must be >= 0.")
         if self.num_intermediates is not None and self.num_intermediates < 1:
             raise ValueError(f"--num_intermediates must be >= 1, got {self.num_intermediates}.")

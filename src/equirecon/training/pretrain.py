@@ -1,39 +1,39 @@
-"""`equirecon pretrain`: pretraining end to end with `EquiReconTrainer`.
+"""Pretraining end to end with `EquiReconTrainer`: the model (training flags for λ, K and the SSL weight become
+config overrides before it is built), the data, training, and the run directory (weights, config, preprocessor, Hub
+custom code, logs, a picture of the reconstructions, the run record and a model card).
 
-With no arguments it pretrains the `tiny` preset on the embedded photos on CPU in a few minutes, evaluates it and
-writes a complete, loadable model directory (weights, config, preprocessor, Hub custom code, logs, a picture of the
-reconstructions and a model card).
+The equivariance benchmark at the end is evaluation's, one layer up: `run` takes it as `evaluate_equivariance`,
+which `equirecon pretrain` (:mod:`equirecon.commands.pretrain`) passes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import HfArgumentParser, ViTImageProcessorPil
+from transformers import ViTImageProcessorPil
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..model_card import EQUIVARIANCE_FILE, RUN_FILE, write_model_card
-from ..modeling import EquiReconConfig, EquiReconForPreTraining
-from .arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
-from .command_line import (
+from ..command_line import (
     ArgumentError,
     check_output_dir,
     parse_config_overrides,
-    parse_dataclass_arguments,
-    pop_config_file,
 )
-from .data import build_transform_pair_dataset, collate_transform_pairs, find_image_column, load_images
+from ..imaging.context import center_crop
+from ..imaging.sources import find_image_column, load_images
+from ..imaging.transformations import TransformationConfig, make_transformed_pair
+from ..model_card import RUN_FILE, write_model_card
+from ..modeling import EquiReconConfig, EquiReconForPreTraining
+from .arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
+from .data import build_transform_pair_dataset, collate_transform_pairs
 from .trainer import EquiReconTrainer
-from .transformations import TransformationConfig, center_crop, make_transformed_pair
 from .views import TransformPairMaker
 
 logger = logging.getLogger(__name__)
@@ -42,20 +42,12 @@ logger = logging.getLogger(__name__)
 Arguments = tuple[ModelArguments, DataArguments, EquiReconTrainingArguments, EvaluationArguments]
 
 
-def parse_arguments(argv: list[str]) -> Arguments:
-    """Recipe file first, then the command line; unknown keys and invalid values raise `ArgumentError`."""
-    recipe, argv = pop_config_file(list(argv))
-    parser = HfArgumentParser((ModelArguments, DataArguments, EquiReconTrainingArguments, EvaluationArguments))
-    return parse_dataclass_arguments(parser, recipe + argv, "pretrain")
-
-
 def build_model(model_args: ModelArguments, training_args: EquiReconTrainingArguments) -> EquiReconForPreTraining:
     """A new model from a preset (or a transformers encoder checkpoint), or an EquiRecon checkpoint to continue."""
     overrides = parse_config_overrides(model_args.config_overrides)
-    if training_args.num_intermediates is not None:
-        overrides["num_intermediates"] = training_args.num_intermediates
-    if training_args.reconstruction_weight is not None:
-        overrides["reconstruction_weight"] = training_args.reconstruction_weight
+    for name in ("num_intermediates", "reconstruction_weight", "ssl_weight"):  # the config owns them
+        if getattr(training_args, name) is not None:
+            overrides[name] = getattr(training_args, name)
     if model_args.model_name_or_path:
         return EquiReconForPreTraining.from_pretrained(
             model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code, **overrides
@@ -201,41 +193,11 @@ def save_reconstruction_figure(
     return path
 
 
-def evaluate_equivariance(
-    model: EquiReconForPreTraining,
-    data_args: DataArguments,
-    evaluation_args: EvaluationArguments,
-    seed: int,
-    output_dir: Path,
-) -> dict[str, Any]:
-    """The paper's equivariance R² benchmark on the frozen encoder; writes `equivariance_results.json`.
-
-    The embedded photos keep their split (regressor fitted on crops of the training photos, scored on the held-out
-    ones); other datasets use their validation split, divided by photo."""
-    from ..evaluation import RegressorConfig, run_equivariance_benchmark
-
-    if data_args.dataset == "embedded":
-        images, test_images = load_images("embedded", split="train"), load_images("embedded", split="validation")
-    else:
-        images, test_images = load_images(data_args.dataset, split=data_args.validation_split), None
-    result = run_equivariance_benchmark(
-        model.equirecon,
-        images,
-        test_images=test_images,
-        families=evaluation_args.equivariance_families,
-        num_train=evaluation_args.equivariance_num_train,
-        num_test=evaluation_args.equivariance_num_test,
-        regressor=RegressorConfig(epochs=evaluation_args.equivariance_epochs),
-        max_images=evaluation_args.equivariance_max_images,
-        image_column=data_args.image_column or "image",
-        seed=seed,
-    )
-    dataset_name = "equirecon embedded photos (held-out)" if data_args.dataset == "embedded" else data_args.dataset
-    # The shape `equirecon evaluate equivariance --output` writes: the result, then its model-index entries.
-    results = {**result.to_dict(), "dataset": dataset_name, "eval_results": result.to_eval_results(dataset_name)}
-    (output_dir / EQUIVARIANCE_FILE).write_text(json.dumps(results, indent=2))
-    logger.info("Equivariance benchmark:\n%s", result.table())
-    return results
+#: `evaluate_equivariance(model, data_args, evaluation_args, seed, output_dir) -> results`, as
+#: `equirecon.commands.pretrain.evaluate_equivariance`.
+EquivarianceEvaluator = Callable[
+    [EquiReconForPreTraining, DataArguments, EvaluationArguments, int, Path], dict[str, Any]
+]
 
 
 def run(
@@ -243,10 +205,23 @@ def run(
     data_args: DataArguments,
     training_args: EquiReconTrainingArguments,
     evaluation_args: EvaluationArguments | None = None,
+    *,
+    evaluate_equivariance: EquivarianceEvaluator | None = None,
 ) -> dict:
     """Pretrain, evaluate and write the run directory (model, preprocessor, logs, picture, model card); returns the
-    final metrics."""
+    final metrics.
+
+    The equivariance benchmark (``evaluation_args.equivariance_benchmark``) needs ``evaluate_equivariance``; use
+    :func:`equirecon.commands.pretrain.run`, which passes it, or turn the benchmark off."""
     evaluation_args = evaluation_args or EvaluationArguments()
+    wants_benchmark = bool(
+        evaluation_args.equivariance_benchmark and evaluation_args.equivariance_families and data_args.validation_split
+    )
+    if wants_benchmark and evaluate_equivariance is None:
+        raise ArgumentError(
+            "the equivariance benchmark runs from equirecon.commands.pretrain.run (or pass evaluate_equivariance=); "
+            "equirecon.training.pretrain.run alone needs EvaluationArguments(equivariance_benchmark=False)"
+        )
     started = time.time()
     check_output_dir(training_args.output_dir)
     model = build_model(model_args, training_args)
@@ -283,7 +258,7 @@ def run(
         data_args.dataset,
         transformation.family,
         config.num_intermediates,
-        trainer.reconstruction_weight,
+        config.reconstruction_weight,
         training_args.effective_batch_size,
         training_args.learning_rate,
         training_args.max_steps,
@@ -325,22 +300,18 @@ def run(
                     "bf16",
                     "fp16",
                     "view_preset",
-                    "ssl_weight",
                 }
             },
             "effective_batch_size": training_args.effective_batch_size,
             "world_size": training_args.world_size,
-            "reconstruction_weight": trainer.reconstruction_weight,
+            "reconstruction_weight": config.reconstruction_weight,
+            "ssl_weight": config.ssl_weight,
             "transformation": transformation.to_dict(),
             "wall_time_seconds": time.time() - started,
             "metrics": metrics,
             "final_train_losses": _last_logged_losses(trainer.state.log_history),
         }
-        if (
-            evaluation_args.equivariance_benchmark
-            and evaluation_args.equivariance_families
-            and data_args.validation_split
-        ):
+        if wants_benchmark:
             equivariance = evaluate_equivariance(
                 trainer.model, data_args, evaluation_args, training_args.seed, output_dir
             )
@@ -359,16 +330,3 @@ def _last_logged_losses(history: list[dict[str, Any]]) -> dict[str, float]:
         if "loss" in entry:
             return {key: entry[key] for key in ("loss", "ssl_loss", "reconstruction_loss") if key in entry}
     return {}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `equirecon pretrain`; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    try:
-        run(*parse_arguments(argv))
-    except ArgumentError as error:
-        print(f"equirecon pretrain: error: {error}", file=sys.stderr)
-        return 2
-    return 0

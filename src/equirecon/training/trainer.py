@@ -1,8 +1,10 @@
-"""`EquiReconTrainer`: a `transformers.Trainer` whose loss is the weighted sum of the host SSL loss and the
-reconstruction loss, computed from transform pairs whose g_θ is applied on the device, once per batch."""
+"""`EquiReconTrainer`: a `transformers.Trainer` for transform pairs whose g_θ is applied on the device, once per
+batch; it optimises the model's own loss (`ssl_weight·ssl_loss + reconstruction_weight·reconstruction_loss`, both
+weights from the model config, the one owner of λ and K)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,9 +13,9 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..imaging.transformations import TransformationConfig, make_transformed_pair
 from ..modeling.modeling_equirecon import masked_mse
 from .arguments import EquiReconTrainingArguments
-from .transformations import TransformationConfig, make_transformed_pair
 
 LOSS_COMPONENTS = ("ssl_loss", "reconstruction_loss")
 COPY_BASELINES = ("copy_view2_loss", "copy_view1_loss")
@@ -25,12 +27,28 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a training loss is NaN or infinite: continuing would overwrite good weights with garbage."""
 
 
+def check_config_agrees(training_args: EquiReconTrainingArguments, config: Any) -> None:
+    """The model config owns λ, K and the SSL weight; training arguments that set them must agree with it (the
+    `equirecon pretrain` command applies them to the config before it builds the model)."""
+    for name in ("num_intermediates", "reconstruction_weight", "ssl_weight"):
+        requested = getattr(training_args, name)
+        if requested is not None and requested != getattr(config, name):
+            hint = " (one decoder per intermediate target)" if name == "num_intermediates" else ""
+            raise ValueError(
+                f"--{name} {requested} does not match the model's {name} {getattr(config, name)}{hint}; the model "
+                f"config owns it: build the model with {name}={requested}, or leave --{name} unset."
+            )
+
+
 class EquiReconTrainer(Trainer):
     """Trainer for `EquiReconForPreTraining` on batches of transform pairs
     `{pixel_values, base_pixel_values, transform_params}` (see `equirecon.training.data`).
 
     For every batch it builds v2 = g_θ(u) and the K targets g_{kθ/(K+1)}(u) with their validity masks on the
-    device, calls the model, and combines `ssl_weight·ssl_loss + reconstruction_weight·reconstruction_loss`.
+    device, calls the model, and returns the model's `loss` (weights and K from the model config; training
+    arguments that disagree with the config raise a `ValueError` here, so no weight is silently ignored).
+    A non-finite training loss is noted on the device (no host sync per step) and raises `NonFiniteLossError` at
+    the next log or checkpoint, before a checkpoint of the broken weights is written.
     `ssl_loss` and `reconstruction_loss` are logged next to `loss` (averaged over the steps since the last log and
     over processes), and evaluation reports them as `eval_ssl_loss` and `eval_reconstruction_loss`, next to the
     controls `eval_copy_view2_loss` and `eval_copy_view1_loss` (`COPY_BASELINES`).
@@ -65,18 +83,12 @@ class EquiReconTrainer(Trainer):
         self.transformation = transformation
         self.image_mean = image_mean
         self.image_std = image_std
-        requested_k = training_args.num_intermediates if training_args is not None else None
-        if requested_k is not None and requested_k != config.num_intermediates:
-            raise ValueError(
-                f"--num_intermediates {requested_k} does not match the model's num_intermediates "
-                f"{config.num_intermediates} (one decoder per intermediate target); build the model with K={requested_k}."
-            )
-        self.num_intermediates = config.num_intermediates
-        self.ssl_weight = training_args.ssl_weight if training_args is not None else 1.0
-        weight = training_args.reconstruction_weight if training_args is not None else None
-        self.reconstruction_weight = config.reconstruction_weight if weight is None else weight
+        if training_args is not None:
+            check_config_agrees(training_args, config)
         self._component_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._component_counts: dict[str, int] = {"train": 0, "eval": 0}
+        self._non_finite: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._components_present: list[str] = []
 
     def compute_loss(
         self,
@@ -95,7 +107,7 @@ class EquiReconTrainer(Trainer):
             inputs["base_pixel_values"],
             inputs["transform_params"],
             self.transformation,
-            self.num_intermediates,
+            self.model.config.num_intermediates,
             image_mean=self.image_mean,
             image_std=self.image_std,
             output_size=inputs["pixel_values"].shape[-1],  # u may carry a context margin around the view
@@ -108,12 +120,10 @@ class EquiReconTrainer(Trainer):
             intermediate_mask=pair.target_masks if with_reconstruction else None,
             return_loss=True,
         )
-        loss = self.ssl_weight * outputs.ssl_loss
-        if outputs.reconstruction_loss is not None:
-            loss = loss + self.reconstruction_weight * outputs.reconstruction_loss
+        loss = outputs.loss
         phase = "train" if model.training else "eval"
-        if phase == "train" and not torch.isfinite(loss.detach()).item():
-            self._raise_non_finite(outputs)
+        if phase == "train":
+            self._note_non_finite(loss, outputs)
         components = {name: getattr(outputs, name) for name in LOSS_COMPONENTS}
         if phase == "eval" and outputs.reconstruction_loss is not None:
             components.update(self._copy_baselines(inputs["pixel_values"], pair))
@@ -147,20 +157,51 @@ class EquiReconTrainer(Trainer):
             means[name] = self.accelerator.reduce(local_mean, reduction="mean").item()
         return means
 
-    def _raise_non_finite(self, outputs: Any) -> None:
+    def _note_non_finite(self, loss: torch.Tensor, outputs: Any) -> None:
+        """Remember the first step whose loss is not finite, and its components, on the device: no host sync."""
+        values = torch.stack(
+            [
+                getattr(outputs, name).detach().float()
+                if getattr(outputs, name) is not None
+                else torch.full((), math.nan, device=loss.device)
+                for name in LOSS_COMPONENTS
+            ]
+        )
+        self._components_present = [name for name in LOSS_COMPONENTS if getattr(outputs, name) is not None]
+        if self._non_finite is None:
+            self._non_finite = (torch.full((), -1, device=loss.device, dtype=torch.long), torch.zeros_like(values))
+        step, components = self._non_finite
+        first = ~torch.isfinite(loss.detach()) & (step < 0)
+        self._non_finite = (
+            torch.where(first, torch.full_like(step, self.state.global_step), step),
+            torch.where(first, values, components),
+        )
+
+    def _check_finite(self) -> None:
+        """Raise `NonFiniteLossError` if a training loss since the start was not finite (one sync, at log/save)."""
+        if self._non_finite is None:
+            return
+        step, components = (value.cpu() for value in self._non_finite)
+        if step.item() < 0:
+            return
         last = get_last_checkpoint(self.args.output_dir) if self.args.output_dir else None
-        components = ", ".join(
-            f"{name}={getattr(outputs, name).item():.4g}"
-            for name in LOSS_COMPONENTS
-            if getattr(outputs, name) is not None
+        values = ", ".join(
+            f"{name}={value:.4g}"
+            for name, value in zip(LOSS_COMPONENTS, components.tolist(), strict=True)
+            if name in self._components_present
         )
         raise NonFiniteLossError(
-            f"Non-finite training loss at step {self.state.global_step} ({components}); stopping before the weights "
-            f"are updated. Last good checkpoint: {last or 'none saved yet'}. Lower the learning rate or "
+            f"Non-finite training loss at step {step.item()} ({values}); stopping before a checkpoint of these "
+            f"weights is saved. Last good checkpoint: {last or 'none saved yet'}. Lower the learning rate or "
             "reconstruction_weight (the paper found λ > 5 unstable), or enable bf16 instead of fp16, then resume."
         )
 
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        self._check_finite()
+        super()._save_checkpoint(model, trial)
+
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        self._check_finite()  # Trainer syncs here anyway
         if "loss" in logs:
             logs.update({name: round(value, 6) for name, value in self._pop_component_means("train").items()})
         super().log(logs, *args, **kwargs)
@@ -206,3 +247,13 @@ class EquiReconTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach().mean(), None, None
+
+    @property
+    def reconstruction_weight(self) -> float:
+        """λ, from the model config."""
+        return self.model.config.reconstruction_weight
+
+    @property
+    def num_intermediates(self) -> int:
+        """K, from the model config."""
+        return self.model.config.num_intermediates

@@ -1,7 +1,7 @@
 """The per-example CPU half of a transform pair: base views A1/A2 with albumentations, and θ sampling.
 
 A *transform pair* is ``{pixel_values: v1 = A1(I), base_pixel_values: u = A2(I), transform_params: θ}``. g_θ itself
-is not applied here: it runs once per batch on the accelerator (:mod:`equirecon.training.transformations`), which
+is not applied here: it runs once per batch on the accelerator (:mod:`equirecon.imaging.transformations`), which
 keeps the CPU workers as cheap as a plain two-view SSL pipeline.
 
 Randomness is seeded per DataLoader worker and per rank. albumentations 2.0.8 gives every worker an identical copy
@@ -13,9 +13,7 @@ worker, so streams differ across workers, ranks and (with non-persistent workers
 
 from __future__ import annotations
 
-import io
 import os
-import random
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -24,11 +22,12 @@ import cv2
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
-from PIL import Image, ImageOps
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..imaging.context import context_side, reflect_into_box, widen_box
-from .transformations import TransformationConfig
+from ..imaging.decoding import ImageLike, to_rgb_uint8
+from ..imaging.transformations import TransformationConfig
+from ..imaging.workers import seed_view_transform, worker_context
 
 __all__ = [
     "VIEW_PRESETS",
@@ -42,8 +41,6 @@ __all__ = [
 
 #: "all": DINOv2 global-crop augmentations; "crop-only": random resized crop only; "none": resize + centre crop.
 VIEW_PRESETS: tuple[str, ...] = ("all", "crop-only", "none")
-
-ImageLike = Image.Image | np.ndarray | torch.Tensor | bytes | dict
 
 
 class ContextRandomResizedCrop(A.RandomResizedCrop):
@@ -169,124 +166,6 @@ def build_view_transform(
     if seed is not None:
         seed_view_transform(transform, seed)
     return transform
-
-
-def seed_view_transform(transform: A.Compose, seed: int | np.random.SeedSequence) -> None:
-    """Drive every step of ``transform`` from one generator derived from ``seed``.
-
-    Prefer this to ``Compose(seed=...)``/``set_random_seed``, which give each step an identical generator.
-    """
-    sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    numpy_seed, python_seed = sequence.spawn(2)
-    transform.set_random_state(
-        np.random.default_rng(numpy_seed), random.Random(int(python_seed.generate_state(1, np.uint64)[0]))
-    )
-
-
-def to_rgb_uint8(image: ImageLike, *, min_size: int = 32) -> np.ndarray:
-    """Any decodable image → RGB uint8 HWC array, upscaled so its short side is at least ``min_size``.
-
-    Handles what real datasets contain: grayscale, 1-bit, palette (with transparency), RGBA/LA (composited on
-    white, as a viewer shows them), CMYK, 16-bit and 32-bit integer and float images, EXIF-rotated photos,
-    encoded bytes or a ``{"bytes", "path"}`` dict (``datasets.Image(decode=False)``), numpy HWC/HW arrays and
-    CHW torch tensors. Raises on undecodable input; the data pipeline counts and skips those.
-    """
-    if isinstance(image, dict):
-        if image.get("bytes") is not None:
-            image = image["bytes"]
-        elif image.get("path"):
-            image = Image.open(image["path"])
-        else:
-            raise ValueError("image dict has neither 'bytes' nor 'path'")
-    if isinstance(image, bytes | bytearray | memoryview):
-        image = Image.open(io.BytesIO(image))
-    if isinstance(image, str | os.PathLike):
-        image = Image.open(image)
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-        if image.ndim == 3 and image.shape[0] in (1, 3, 4):
-            image = np.moveaxis(image, 0, -1)
-
-    if isinstance(image, Image.Image):
-        array = _pil_to_rgb(image)
-    elif isinstance(image, np.ndarray):
-        array = _array_to_rgb(image)
-    else:
-        raise TypeError(f"unsupported image type {type(image).__name__}")
-
-    height, width = array.shape[:2]
-    if min(height, width) < min_size:
-        scale = min_size / min(height, width)
-        new_size = (max(min_size, round(width * scale)), max(min_size, round(height * scale)))
-        array = cv2.resize(array, new_size, interpolation=cv2.INTER_CUBIC)
-    return np.ascontiguousarray(array)
-
-
-def _pil_to_rgb(image: Image.Image) -> np.ndarray:
-    image.load()  # decode now, so truncated or corrupt files fail here
-    if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation
-        image = ImageOps.exif_transpose(image)
-    mode = image.mode
-    if mode == "RGB":
-        return np.asarray(image)
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
-    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float: PIL's convert would clip at 255
-        return _array_to_rgb(np.asarray(image))
-    return np.asarray(image.convert("RGB"))  # L, 1, CMYK, YCbCr, LAB, HSV
-
-
-def _array_to_rgb(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise ValueError(f"expected an HW, HWC (C in 1, 3, 4) image array, got shape {array.shape}")
-    if array.size == 0:
-        raise ValueError("empty image")
-    array = _to_uint8(array)
-    if array.ndim == 2:
-        return np.repeat(array[..., None], 3, axis=-1)
-    if array.shape[-1] == 4:
-        alpha = array[..., 3:].astype(np.float32) / 255.0
-        return np.round(array[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    return array
-
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Rescale by the data's range: 16-bit by 1/257, float [0, 1] by 255, float [0, 255] as is, else min-max."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * 255
-    if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise ValueError("image contains non-finite values")
-        if array.min() >= 0.0 and array.max() <= 1.0:
-            return np.round(array * 255.0).astype(np.uint8)
-        if array.min() >= 0.0 and array.max() <= 255.0:
-            return np.round(array).astype(np.uint8)
-    elif array.dtype.kind in "iu":
-        if array.min() >= 0 and array.max() <= 255 and array.dtype.itemsize > 2:
-            return array.astype(np.uint8)  # 8-bit data stored in a wide integer mode ("I")
-        if array.min() >= 0 and array.max() <= 65535:
-            return np.round(array.astype(np.float32) / 257.0).astype(np.uint8)
-    else:
-        raise ValueError(f"unsupported image dtype {array.dtype}")
-    low, high = float(array.min()), float(array.max())
-    scaled = (array.astype(np.float64) - low) / (high - low) if high > low else np.zeros(array.shape)
-    return np.round(scaled * 255.0).astype(np.uint8)
-
-
-def worker_context() -> tuple[int, int | None, int | None]:
-    """(process id, DataLoader worker id, torch's worker seed): it changes exactly when a pickled copy of a
-    per-example transform starts running somewhere new, which is when it must reseed itself."""
-    info = torch.utils.data.get_worker_info()
-    return os.getpid(), None if info is None else info.id, None if info is None else info.seed
 
 
 class TransformPairMaker:

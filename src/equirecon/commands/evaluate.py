@@ -1,6 +1,7 @@
 """``equirecon evaluate equivariance|knn|linear``: evaluate a frozen checkpoint, write JSON (and a PNG).
 
-Examples::
+Arguments are dataclasses for `HfArgumentParser`, as for `equirecon pretrain` and `equirecon finetune`; a JSON/YAML
+recipe given with ``--config FILE`` sets defaults that later flags override. Examples::
 
     equirecon evaluate equivariance --model runs/tiny --output results/equivariance.json
     equirecon evaluate equivariance --model facebook/dinov2-small --dataset ./my_photos --feature cls
@@ -15,6 +16,7 @@ entries (``huggingface_hub.EvalResult`` keyword arguments) for the model card.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -24,139 +26,60 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from transformers import HfArgumentParser
+
+from ..command_line import ArgumentError, parse_dataclass_arguments, pop_config_file, setup
+from ..evaluation.arguments import (
+    TASK_ARGUMENTS,
+    EvaluateDataArguments,
+    EvaluateModelArguments,
+    EvaluateRunArguments,
+)
 
 logger = logging.getLogger("equirecon.evaluate")
 
-__all__ = ["build_parser", "main"]
+__all__ = ["main", "parse_arguments"]
 
-_EQUIVARIANCE_FAMILIES = ("rotation", "color", "blur", "translation", "se2")
-# features.FEATURE_KINDS, spelled out so that `--help` does not import torch.
-_FEATURE_KINDS = ("cls", "mean_patch", "cls+mean_patch", "pooled", "invariant", "equivariant")
+_DEFAULT_DATASETS = {"equivariance": "embedded", "knn": "digits", "linear": "digits"}
 
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", required=True, help="checkpoint directory or Hub repository id")
-    group.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
-    group.add_argument("--trust_remote_code", action="store_true", help="allow custom modelling code from the Hub")
-    group.add_argument("--image_size", type=int, default=None, help="input resolution (default: the checkpoint's)")
-    group.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda:0', ...")
-    group.add_argument(
-        "--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="model weights' dtype on load"
-    )
-    group.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
-    group = parser.add_argument_group("data")
-    group.add_argument("--split", default="train", help="dataset split to use (to train on, for probes)")
-    group.add_argument("--test_split", default=None, help="held-out split (default: hold out part of --split)")
-    group.add_argument("--image_column", default=None, help="image column (default: found automatically)")
-    group.add_argument("--test_fraction", type=float, default=0.25, help="fraction held out without --test_split")
-    group.add_argument("--max_images", type=int, default=None, help="use at most this many images per split")
-    group = parser.add_argument_group("run")
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--output", type=Path, default=None, help="write the results JSON here (else print it)")
-    group.add_argument("--no_progress", action="store_true", help="hide progress bars")
+_USAGE = "equirecon evaluate {equivariance,knn,linear} --model MODEL [--config RECIPE] [options]"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="equirecon evaluate",
-        description="Evaluate a frozen vision encoder: equivariance R² benchmark, k-NN or linear probe.",
-    )
-    tasks = parser.add_subparsers(dest="task", required=True, metavar="{equivariance,knn,linear}")
-
-    equivariance = tasks.add_parser(
-        "equivariance",
-        help="R² of regressing transformation parameters from (I, g(I)) features (paper Table 1)",
-        description="For each family, regress θ from the frozen features of a crop and its transformed copy "
-        "with SIE's MLP; report R² on crops of held-out photos.",
-    )
-    equivariance.add_argument(
-        "--dataset",
-        default="embedded",
-        help="'embedded' (bundled photos), an image folder, Parquet, or a Hub dataset (default: embedded)",
-    )
-    _add_common(equivariance)
-    group = equivariance.add_argument_group("benchmark")
-    group.add_argument(
-        "--families",
-        nargs="+",
-        default=["rotation", "color", "blur", "translation"],
-        choices=_EQUIVARIANCE_FAMILIES,
-        help="transformation families (default: the paper's four)",
-    )
-    group.add_argument(
-        "--feature",
-        default="auto",
-        choices=("auto", *_FEATURE_KINDS),
-        help="auto (pooled for EquiRecon, else mean_patch), pooled, "
-        "invariant, equivariant, cls, mean_patch or cls+mean_patch",
-    )
-    group.add_argument("--num_train", type=int, default=2048, help="crops to fit the regressor on")
-    group.add_argument("--num_test", type=int, default=1024, help="held-out crops to score on")
-    group.add_argument(
-        "--crop_scale",
-        type=float,
-        nargs=2,
-        default=(0.25, 1.0),
-        metavar=("MIN", "MAX"),
-        help="crop area range, as a fraction of the largest crop of the photo",
-    )
-    group.add_argument(
-        "--border",
-        choices=("context", "fill"),
-        default="context",
-        help="what rotation/translation bring in at the crop border: the surrounding photo (default; θ cannot be "
-        "read off black corners) or black fill, as in the pretraining views",
-    )
-    group.add_argument(
-        "--per_output", action="store_true", help="report the mean of per-parameter R² instead of SIE's global-mean R²"
-    )
-    group.add_argument("--epochs", type=int, default=50, help="regressor epochs")
-    group.add_argument("--regressor_batch_size", type=int, default=256)
-    group.add_argument("--learning_rate", type=float, default=1e-3, help="regressor Adam learning rate")
-    group.add_argument("--no_standardize", action="store_true", help="fit on raw features and θ, exactly as SIE")
-    group.add_argument("--cache_dir", type=Path, default=None, help="cache features here across runs")
-    group.add_argument("--plot", type=Path, default=None, help="bar-chart PNG (default: next to --output)")
-    group.add_argument("--no_plot", action="store_true", help="do not write the PNG")
-
-    for name, help_text in (("knn", "weighted cosine k-NN accuracy"), ("linear", "logistic-regression probe")):
-        probe = tasks.add_parser(name, help=help_text, description=f"{help_text} on frozen features.")
-        probe.add_argument(
-            "--dataset",
-            default="digits",
-            help="'digits' or 'lfw_subset' (offline built-ins), an "
-            "image folder with class sub-folders, Parquet, or a Hub dataset (default: digits)",
-        )
-        probe.add_argument("--label_column", default="label", help="column with the class labels")
-        _add_common(probe)
-        group = probe.add_argument_group("probe")
-        group.add_argument(
-            "--feature",
-            default=None,
-            choices=_FEATURE_KINDS,
-            help="cls+mean_patch (default; mean_patch for models without "
-            "CLS), cls, mean_patch, pooled, invariant or equivariant",
-        )
-        if name == "knn":
-            group.add_argument("--k", type=int, nargs="+", default=[20, 200], help="numbers of neighbours")
-            group.add_argument("--temperature", type=float, default=0.07, help="softmax temperature of the votes")
-        else:
-            group.add_argument(
-                "--weight_decays",
-                type=float,
-                nargs="+",
-                default=None,
-                help="L2 penalties to choose from on a validation split (default: 1e-6 ... 1)",
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """``TASK [--config FILE] [flags]`` → one namespace of every argument of the task (recipe values first, then the
+    command line); a bad argument raises a one-line `ArgumentError`."""
+    argv = list(argv)
+    if not argv or argv[0] not in TASK_ARGUMENTS:
+        if argv and argv[0] in ("-h", "--help"):
+            print(
+                f"usage: {_USAGE}\n\nEvaluate a frozen vision encoder: equivariance R² benchmark, k-NN or linear "
+                "probe.\n`equirecon evaluate TASK --help` lists a task's arguments."
             )
-            group.add_argument("--max_iter", type=int, default=200, help="L-BFGS iterations per fit")
-    return parser
+            raise SystemExit(0)
+        raise ArgumentError(f"name the task, one of {list(TASK_ARGUMENTS)} (usage: {_USAGE})")
+    task, argv = argv[0], argv[1:]
+    dataclasses_ = (EvaluateModelArguments, EvaluateDataArguments, EvaluateRunArguments, TASK_ARGUMENTS[task])
+    parser = HfArgumentParser(dataclasses_)
+    if "-h" in argv or "--help" in argv:
+        parser.prog, parser.usage = f"equirecon evaluate {task}", _USAGE.replace("{equivariance,knn,linear}", task)
+        parser.description = TASK_ARGUMENTS[task].__doc__
+        parser.print_help()
+        raise SystemExit(0)
+    recipe, argv = pop_config_file(argv)
+    parsed = parse_dataclass_arguments(parser, recipe + argv, "evaluate")
+    args = argparse.Namespace(task=task, **{k: v for part in parsed for k, v in dataclasses.asdict(part).items()})
+    args.dataset = args.dataset or _DEFAULT_DATASETS[task]
+    for name in ("output", "plot", "cache_dir"):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, Path(getattr(args, name)))
+    return args
 
 
 def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[dict[str, Any], Any, str]:
-    from ..training.data import EMBEDDED_VALIDATION_PHOTOS, embedded_photos, find_image_column, load_images
-    from .cache import FeatureCache
-    from .equivariance import run_equivariance_benchmark
-    from .regression import RegressorConfig
+    from ..evaluation.cache import FeatureCache
+    from ..evaluation.equivariance import run_equivariance_benchmark
+    from ..evaluation.regression import RegressorConfig
+    from ..imaging.sources import EMBEDDED_VALIDATION_PHOTOS, embedded_photos, find_image_column, load_images
 
     test_images = None
     if args.dataset == "embedded" and args.split == "train" and args.test_split is None:
@@ -215,7 +138,7 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
 
 
 def _probe_feature(args: argparse.Namespace, model: Any) -> str:
-    from .features import num_prefix_tokens
+    from ..evaluation.features import num_prefix_tokens
 
     if args.feature is not None:
         return args.feature
@@ -226,9 +149,9 @@ def _probe_feature(args: argparse.Namespace, model: Any) -> str:
 
 
 def _run_probe(args: argparse.Namespace, model: Any, spec: Any) -> tuple[dict[str, Any], str]:
-    from .features import encode_images
-    from .labelled import BUILTIN_LABELLED_SETS, load_labelled_images
-    from .probes import DEFAULT_WEIGHT_DECAYS, knn_probe, linear_probe
+    from ..evaluation.features import encode_images
+    from ..evaluation.labelled import BUILTIN_LABELLED_SETS, load_labelled_images
+    from ..evaluation.probes import DEFAULT_WEIGHT_DECAYS, knn_probe, linear_probe
 
     if args.dataset in BUILTIN_LABELLED_SETS:
         logger.info(
@@ -339,9 +262,14 @@ def _json_default(value: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``equirecon evaluate``; returns the process exit code."""
-    args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    setup(log_format="%(message)s")
+    try:
+        args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    except (ArgumentError, ValueError) as error:
+        print(f"equirecon evaluate: error: {error}", file=sys.stderr)
+        return 2
     if args.no_progress:  # also the bars of transformers (weight loading) and datasets (folder loading)
         import datasets
         from transformers.utils import logging as transformers_logging
@@ -350,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         transformers_logging.disable_progress_bar()
     try:
         from .. import __version__
-        from .loading import load_model
+        from ..evaluation.loading import load_model
 
         model, spec = load_model(
             args.model,
@@ -392,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text)
 
     if result is not None and not args.no_plot:
-        from .plotting import plot_equivariance
+        from ..evaluation.plotting import plot_equivariance
 
         plot_path = args.plot or (args.output.with_name(args.output.stem + "_r2.png") if args.output else None)
         if plot_path is not None:

@@ -1,4 +1,4 @@
-"""Labelled data for fine-tuning: where the examples come from, and the albumentations transforms that feed them.
+"""Labelled data for fine-tuning: where the train and evaluation examples come from, checked before training.
 
 Sources (:func:`load_downstream_dataset`):
 
@@ -7,79 +7,64 @@ Sources (:func:`load_downstream_dataset`):
   ============================  ==============  =====================================================================
   name                          task            what it is
   ============================  ==============  =====================================================================
-  ``"sklearn-digits"``          classification  scikit-learn's 1,797 8×8 handwritten digits, 10 classes (default)
-  ``"skimage-lfw-subset"``      classification  scikit-image's 200 25×25 crops, ``face`` / ``non-face``
+  ``"digits"``                  classification  scikit-learn's 1,797 8×8 handwritten digits, 10 classes (default)
+  ``"lfw_subset"``              classification  scikit-image's 200 25×25 crops, ``face`` / ``non-face``
   ``"embedded-shapes"``         segmentation    discs, squares and triangles composited onto the embedded photos,
                                                 with exact masks (default; generated, deterministic)
   ============================  ==============  =====================================================================
 
+  Classification data, built-in or not, comes from :func:`equirecon.evaluation.labelled.load_labelled_splits`,
+  the loader the probes use, split by its rule. The old names ``sklearn-digits`` and ``skimage-lfw-subset`` still
+  work, with a warning.
+
 * a dataset saved with ``save_to_disk``, an image folder (classification labels from the sub-folder names), a
   folder with ``images/`` and ``annotations/`` trees (segmentation; ADE20K's ``ADEChallengeData2016`` layout), or a
   Hub dataset name.
-
-Transforms (:func:`build_transform`) are albumentations pipelines from an RGB uint8 image (and, for segmentation,
-its label map) to a normalised tensor: DINOv2's random-resized-crop + flip for classification, mmsegmentation's ADE20K
-pipeline (random rescale, pad with the ignore index, random crop, flip) for segmentation, and a plain resize to the
-model's size for evaluation, the geometry of the image processor saved with the model so that pipelines see what
-evaluation saw.
 """
 
 from __future__ import annotations
 
-import functools
-import io
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import albumentations as A
-import cv2
 import datasets
 import numpy as np
-import torch
-from albumentations.pytorch import ToTensorV2
-from PIL import Image, ImageDraw
 
-from ..evaluation.labelled import builtin_labelled_arrays
-from .data import IMAGE_EXTENSIONS, embedded_photos, find_image_column
-from .views import seed_view_transform, to_rgb_uint8, worker_context
+from ..evaluation.labelled import (
+    BUILTIN_LABELLED_SETS,
+    EVAL_SPLIT_NAMES,
+    is_saved_dataset,
+    load_labelled_splits,
+    resolve_builtin_name,
+    split_labelled,
+)
+from ..imaging.sources import IMAGE_EXTENSIONS, find_image_column
+from .shapes import SHAPE_CLASSES, shapes_dataset
+from .transforms import DEFAULT_CROP_SCALE, TASKS
 
 __all__ = [
     "BUILTIN_DATASETS",
-    "DEFAULT_CROP_SCALE",
     "DEFAULT_DATASETS",
-    "SHAPE_CLASSES",
     "DownstreamData",
-    "DownstreamTransform",
     "Task",
-    "build_transform",
-    "collate_downstream",
-    "digits_dataset",
-    "lfw_subset_dataset",
     "load_downstream_dataset",
     "read_id2label",
-    "shapes_dataset",
 ]
 
 logger = logging.getLogger(__name__)
 
 Task = Literal["classification", "segmentation"]
-TASKS: tuple[str, ...] = ("classification", "segmentation")
 
 #: Built-in datasets: name → (task, one-line description shown to the user and written in the model card).
 BUILTIN_DATASETS: dict[str, tuple[str, str]] = {
-    "sklearn-digits": (
-        "classification",
-        "scikit-learn's handwritten digits (1,797 8×8 greyscale images, 10 classes; fixed stratified 80/20 split)",
-    ),
-    "skimage-lfw-subset": (
-        "classification",
-        "scikit-image's lfw_subset (200 25×25 greyscale crops, face / non-face; fixed stratified 80/20 split)",
-    ),
+    **{
+        name: ("classification", f"{description}; fixed stratified 80/20 split")
+        for name, description in BUILTIN_LABELLED_SETS.items()
+    },
     "embedded-shapes": (
         "segmentation",
         "EquiRecon's generated shapes (discs, squares and triangles composited onto the photos that ship with "
@@ -88,22 +73,15 @@ BUILTIN_DATASETS: dict[str, tuple[str, str]] = {
     ),
 }
 #: What `equirecon finetune` uses when no ``--dataset`` is given.
-DEFAULT_DATASETS: dict[str, str] = {"classification": "sklearn-digits", "segmentation": "embedded-shapes"}
+DEFAULT_DATASETS: dict[str, str] = {"classification": "digits", "segmentation": "embedded-shapes"}
 # Digits change class under a mirror image (a flipped 2 is not a 2), so their default training has no flips; and an
 # 8×8 glyph cropped to 8% of its area (DINOv2's natural-image crop) is no longer a digit.
-_NOT_FLIP_INVARIANT = frozenset({"sklearn-digits"})
-_CROP_SCALES = {"sklearn-digits": (0.5, 1.0), "skimage-lfw-subset": (0.5, 1.0)}
-#: RandomResizedCrop area range for natural images (DINOv2's linear evaluation and fine-tuning).
-DEFAULT_CROP_SCALE: tuple[float, float] = (0.08, 1.0)
-
-#: Classes of ``"embedded-shapes"``, index = label value.
-SHAPE_CLASSES: tuple[str, ...] = ("background", "disc", "square", "triangle")
+_NOT_FLIP_INVARIANT = frozenset({"digits"})
+_CROP_SCALES = {"digits": (0.5, 1.0), "lfw_subset": (0.5, 1.0)}
 
 # Column names tried, in order, when no label column is named.
 _CLASSIFICATION_LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "target")
 _SEGMENTATION_LABEL_COLUMNS = ("label", "annotation", "mask", "semantic_segmentation", "segmentation", "seg_map")
-# Split names tried, in order, for evaluation when none is named.
-_EVAL_SPLITS = ("validation", "valid", "val", "test")
 # ADE20K's ADEChallengeData2016 split folder names, and the usual ones.
 _FOLDER_SPLITS = {"train": ("training", "train"), "validation": ("validation", "val", "valid"), "test": ("test",)}
 
@@ -137,115 +115,6 @@ class DownstreamData:
         return len(self.id2label)
 
 
-# ------------------------------------------------------------------------------------------------ built-in sets
-
-
-def _stratified_split(dataset: datasets.Dataset, test_size: float, seed: int) -> datasets.DatasetDict:
-    parts = dataset.train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
-    return datasets.DatasetDict({"train": parts["train"], "validation": parts["test"]})
-
-
-def _grey_images_dataset(images: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> datasets.Dataset:
-    """uint8 (N, H, W) arrays → a Dataset with a ``datasets.Image`` column and a ``ClassLabel`` column."""
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(names))})
-    return datasets.Dataset.from_dict(
-        {"image": [Image.fromarray(image, mode="L") for image in images], "label": labels.tolist()}, features=features
-    )
-
-
-@functools.cache
-def _builtin_splits(name: str) -> datasets.DatasetDict:
-    images, labels, names = builtin_labelled_arrays(name)
-    return _stratified_split(_grey_images_dataset(images, labels, names), 0.2, 0)
-
-
-def digits_dataset() -> datasets.DatasetDict:
-    """scikit-learn's digits as ``train`` (1,437) and ``validation`` (360) splits, stratified, always the same."""
-    return datasets.DatasetDict(dict(_builtin_splits("digits")))
-
-
-def lfw_subset_dataset() -> datasets.DatasetDict:
-    """scikit-image's ``lfw_subset`` as ``train`` (160) and ``validation`` (40) splits, stratified, always the same."""
-    return datasets.DatasetDict(dict(_builtin_splits("lfw_subset")))
-
-
-def _shape_polygon(kind: int, centre: np.ndarray, radius: float, angle: float) -> list[tuple[float, float]] | None:
-    if kind == 1:  # disc: drawn as an ellipse by the caller
-        return None
-    corners = 4 if kind == 2 else 3
-    angles = angle + np.arange(corners) * (2 * np.pi / corners)
-    return [(float(centre[0] + radius * np.cos(a)), float(centre[1] + radius * np.sin(a))) for a in angles]
-
-
-def _draw_shapes_example(background: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Composite 1-3 random shapes onto ``background`` (H, W, 3). The image and the mask are painted from the same
-    binary (non-antialiased) shape masks, in the same order, so every label pixel is exact, occlusions included."""
-    height, width = background.shape[:2]
-    image = background.copy()
-    label = np.zeros((height, width), dtype=np.uint8)
-    for _ in range(int(rng.integers(1, 4))):
-        kind = int(rng.integers(1, len(SHAPE_CLASSES)))
-        radius = float(rng.uniform(0.1, 0.25) * min(height, width))
-        centre = rng.uniform([radius, radius], [width - radius, height - radius])
-        canvas = Image.new("1", (width, height), 0)
-        draw = ImageDraw.Draw(canvas)
-        polygon = _shape_polygon(kind, centre, radius, float(rng.uniform(0, 2 * np.pi)))
-        if polygon is None:
-            box = (centre[0] - radius, centre[1] - radius, centre[0] + radius, centre[1] + radius)
-            draw.ellipse([float(v) for v in box], fill=1)
-        else:
-            draw.polygon(polygon, fill=1)
-        inside = np.asarray(canvas, dtype=bool)
-        colour = rng.uniform(0, 255, size=3)
-        noise = rng.normal(0.0, 12.0, size=(int(inside.sum()), 3))
-        image[inside] = np.clip(colour + noise, 0, 255).astype(np.uint8)
-        label[inside] = kind
-    return image, label
-
-
-def _png(image: Image.Image) -> dict[str, bytes | None]:
-    """Uncompressed PNG: lossless and fast to write (compressing took most of the generation time)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=0)
-    return {"bytes": buffer.getvalue(), "path": None}
-
-
-@functools.cache
-def _shapes(split: str, num_images: int, image_size: int, seed: int) -> datasets.Dataset:
-    photos = [to_rgb_uint8(example["image"]) for example in embedded_photos(split)]
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
-    images, labels = [], []
-    for _ in range(num_images):
-        photo = photos[int(rng.integers(len(photos)))]
-        height, width = photo.shape[:2]
-        side = int(rng.uniform(0.3, 1.0) * min(height, width))
-        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
-        crop = cv2.resize(photo[top : top + side, left : left + side], (image_size, image_size), cv2.INTER_AREA)
-        image, label = _draw_shapes_example(crop, rng)
-        images.append(_png(Image.fromarray(image)))
-        labels.append(_png(Image.fromarray(label, mode="L")))
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
-    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features, split=split)
-
-
-def shapes_dataset(
-    num_train: int = 512, num_validation: int = 128, image_size: int = 128, seed: int = 0
-) -> datasets.DatasetDict:
-    """The generated segmentation set: shapes on crops of the embedded photos, with exact label maps.
-
-    Backgrounds of ``validation`` come from the held-out embedded photos
-    (:data:`~equirecon.training.data.EMBEDDED_VALIDATION_PHOTOS`), so no background is shared between splits.
-    Columns ``image`` (RGB) and ``label`` (mode ``L``, values in ``range(len(SHAPE_CLASSES))``). Deterministic in
-    ``seed``; built in about a second and cached per process.
-    """
-    return datasets.DatasetDict(
-        {
-            "train": _shapes("train", num_train, image_size, seed),
-            "validation": _shapes("validation", num_validation, image_size, seed),
-        }
-    )
-
-
 # ---------------------------------------------------------------------------------------------------- loading
 
 
@@ -270,10 +139,6 @@ def read_id2label(path: str | os.PathLike) -> dict[int, str]:
     if sorted(id2label) != list(range(len(id2label))):
         raise ValueError(f"--id2label {path}: ids must be 0..{len(id2label) - 1} without gaps")
     return id2label
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
 def _paired_folder_splits(root: Path) -> dict[str, Path] | None:
@@ -316,11 +181,9 @@ def _paired_folder_dataset(root: Path, subfolder: Path) -> datasets.Dataset:
 def _load_source(task: str, source: str, config_name: str | None) -> tuple[datasets.DatasetDict, str, Path | None]:
     """All splits of ``source`` and a short name for it; the folder it lives in when local."""
     path = Path(source).expanduser()
-    if path.is_dir():
-        if _is_saved_dataset(path):
-            loaded = datasets.load_from_disk(str(path))
-            splits = loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
-            return splits, path.name, path
+    if not path.is_dir():
+        return load_labelled_splits(source, config_name=config_name), source, None
+    if not is_saved_dataset(path):
         paired = _paired_folder_splits(path)
         if paired is not None:
             if task != "segmentation":
@@ -334,18 +197,7 @@ def _load_source(task: str, source: str, config_name: str | None) -> tuple[datas
                 f"{source} is a folder without images/ and annotations/ sub-folders; segmentation needs label maps "
                 "paired with images (images/<split>/*.jpg ↔ annotations/<split>/*.png) or a saved dataset"
             )
-        return datasets.load_dataset("imagefolder", data_dir=str(path)), path.name, path
-    if path.suffix and path.exists():
-        raise ValueError(f"{source} is a file; give a folder, a dataset saved with save_to_disk or a Hub name")
-    kwargs: dict[str, Any] = {"name": config_name} if config_name else {}
-    try:
-        loaded = datasets.load_dataset(source, **kwargs)
-    except (OSError, datasets.exceptions.DatasetNotFoundError) as error:  # OSError: offline, no such file
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"cannot load {source!r} (not a local folder, and from the Hub: {first})") from error
-    if not isinstance(loaded, datasets.DatasetDict):
-        loaded = datasets.DatasetDict({"train": loaded})
-    return loaded, source, None
+    return load_labelled_splits(path, config_name=config_name), path.name, path
 
 
 def _find_label_column(dataset: datasets.Dataset, task: str, label_column: str | None, image_column: str) -> str:
@@ -469,6 +321,7 @@ def load_downstream_dataset(
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     source = source or DEFAULT_DATASETS[task]
+    source = resolve_builtin_name(source) or source
     builtin = source in BUILTIN_DATASETS
     local_dir: Path | None = None
     flip_invariant, crop_scale = True, DEFAULT_CROP_SCALE
@@ -482,12 +335,7 @@ def load_downstream_dataset(
                 f"--reduce_labels is for datasets whose label 0 means 'other' (ADE20K); {source!r} has a real "
                 "background class 0"
             )
-        loaders: dict[str, Callable[[], datasets.DatasetDict]] = {
-            "sklearn-digits": digits_dataset,
-            "skimage-lfw-subset": lfw_subset_dataset,
-            "embedded-shapes": shapes_dataset,
-        }
-        splits = dict(loaders[source]())
+        splits = dict(shapes_dataset() if source == "embedded-shapes" else load_labelled_splits(source))
         name = source
         flip_invariant = source not in _NOT_FLIP_INVARIANT
         crop_scale = _CROP_SCALES.get(source, DEFAULT_CROP_SCALE)
@@ -506,7 +354,7 @@ def load_downstream_dataset(
     image_column = find_image_column(train, image_column)
     label_column = _find_label_column(train, task, label_column, image_column)
     if eval_split is None:
-        eval_split = next((s for s in _EVAL_SPLITS if s in splits and s != train_split), None)
+        eval_split = next((s for s in EVAL_SPLIT_NAMES if s in splits and s != train_split), None)
     eval_dataset = splits[eval_split] if eval_split is not None else None
     for split_name, dataset in ((train_split, train), (eval_split, eval_dataset)):
         if dataset is not None:
@@ -533,13 +381,15 @@ def load_downstream_dataset(
     if len(id2label) < 2:
         raise ValueError(f"{task} needs at least 2 classes, got {len(id2label)}")
 
-    if eval_dataset is None:
-        if not 0 < validation_fraction < 1:
-            raise ValueError(f"{name} has no evaluation split and --validation_fraction is {validation_fraction}")
-        stratify = label_column if isinstance(train.features[label_column], datasets.ClassLabel) else None
-        parts = train.train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column=stratify)
-        train, eval_dataset = parts["train"], parts["test"]
-        eval_split = f"{validation_fraction:.0%} of {train_split}"
+    if eval_dataset is None:  # the split rule of equirecon.evaluation.labelled
+        parts, eval_split = split_labelled(
+            {train_split: train},
+            train_split=train_split,
+            validation_fraction=validation_fraction,
+            label_column=label_column,
+            seed=seed,
+        )
+        train, eval_dataset = parts["train"], parts["validation"]
     if max_train_samples is not None:
         train = train.shuffle(seed=seed).select(range(min(max_train_samples, len(train))))
     if max_eval_samples is not None:
@@ -567,149 +417,3 @@ def load_downstream_dataset(
         reduce_labels=reduce_labels,
         builtin=builtin,
     )
-
-
-# -------------------------------------------------------------------------------------------------- transforms
-
-
-# Every resize, in training and evaluation: bilinear up, area-averaging down (masks: nearest), the OpenCV filters
-# closest to the saved image processor's antialiased PIL bilinear (tests/test_finetune.py measures how close). A
-# different filter in training (e.g. bicubic) than in evaluation is a distribution shift the model can learn: a tiny
-# ViT fully fine-tuned on 8×8 digits upsampled bicubically scored 48% on bicubically and 13% on bilinearly upsampled
-# validation digits.
-_RESAMPLE: dict[str, Any] = {"interpolation": cv2.INTER_LINEAR, "area_for_downscale": "image"}
-
-
-def build_transform(
-    task: str,
-    *,
-    train: bool,
-    size: int | tuple[int, int],
-    image_mean: Sequence[float],
-    image_std: Sequence[float],
-    crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE,
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    horizontal_flip: bool = True,
-    ignore_index: int = 255,
-) -> A.Compose:
-    """The albumentations pipeline for one task and phase; output ``image`` is a normalised (3, H, W) tensor.
-
-    * classification, train: ``RandomResizedCrop(size, scale=crop_scale)`` + flip (DINOv2's linear evaluation and
-      fine-tuning augmentations, without colour jitter);
-    * segmentation, train: random rescale by ``scale_range`` of the output size, pad to the size (image 0, mask
-      ``ignore_index``), random crop, flip (mmsegmentation's ADE20K pipeline; padded pixels never enter the loss);
-    * evaluation, both tasks: resize to ``size``, the geometry of the image processor saved with the model.
-
-    All resizing is bilinear (area-averaging when shrinking, nearest for masks), the closest OpenCV match to the
-    saved processor's PIL resampling, so training, evaluation and ``pipeline(...)`` see images filtered alike.
-    """
-    height, width = (size, size) if isinstance(size, int) else size
-    normalise = [A.Normalize(mean=tuple(image_mean), std=tuple(image_std), max_pixel_value=255.0), ToTensorV2()]
-    flip = [A.HorizontalFlip(p=0.5)] if horizontal_flip else []
-    if not train:
-        return A.Compose([A.Resize(height, width, **_RESAMPLE), *normalise])
-    if task == "classification":
-        low, high = crop_scale
-        if not 0 < low <= high <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale!r}")
-        crop = A.RandomResizedCrop(size=(height, width), scale=(low, high), **_RESAMPLE)
-        return A.Compose([crop, *flip, *normalise])
-    low, high = scale_range
-    if not 0 < low <= high:
-        raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range!r}")
-    return A.Compose(
-        [
-            # Short side to the output size, then a random factor in scale_range (mmseg: ratio_range).
-            A.SmallestMaxSize(max_size=min(height, width), **_RESAMPLE),
-            A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0, **_RESAMPLE),
-            A.PadIfNeeded(
-                min_height=height, min_width=width, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index
-            ),
-            A.RandomCrop(height=height, width=width),
-            *flip,
-            *normalise,
-        ]
-    )
-
-
-class DownstreamTransform:
-    """``datasets.Dataset.with_transform`` function: decode, augment and tensorise a batch of examples.
-
-    Returns ``{"pixel_values": [(3, H, W) float tensors], "labels": [class ids | (H, W) long tensors]}``. The
-    albumentations pipeline is reseeded from ``(seed, rank, DataLoader worker seed)`` the first time it runs in a
-    new process or worker, so workers draw different augmentations and a run is reproducible (one
-    ``Compose(seed=...)`` would give every worker the same stream).
-    """
-
-    def __init__(
-        self,
-        task: str,
-        transform: A.Compose,
-        *,
-        image_column: str,
-        label_column: str,
-        reduce_labels: bool = False,
-        ignore_index: int = 255,
-        seed: int = 0,
-        rank: int = 0,
-    ) -> None:
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        self.task = task
-        self.transform = transform
-        self.image_column = image_column
-        self.label_column = label_column
-        self.reduce_labels = reduce_labels
-        self.ignore_index = ignore_index
-        self.seed = seed
-        self.rank = rank
-        self._seeded_for: tuple | None = None
-
-    def _ensure_seeded(self) -> None:
-        context = worker_context()
-        if context != self._seeded_for:
-            seed_view_transform(self.transform, np.random.SeedSequence([self.seed, self.rank, context[2] or 0]))
-            self._seeded_for = context
-
-    def _label_map(self, value: Any) -> np.ndarray:
-        label = np.asarray(value)
-        if label.ndim == 3 and label.shape[-1] == 1:
-            label = label[..., 0]
-        if label.ndim != 2:
-            raise ValueError(f"a segmentation label map must be single-channel, got shape {label.shape}")
-        label = label.astype(np.int64 if label.max(initial=0) > 255 else np.uint8)
-        if self.reduce_labels:
-            reduced = label.astype(np.int64) - 1
-            reduced[(label == 0) | (label == self.ignore_index)] = self.ignore_index
-            label = reduced.astype(np.uint8 if self.ignore_index <= 255 else np.int64)
-        return label
-
-    def __call__(self, batch: Mapping[str, list]) -> dict[str, list[torch.Tensor]]:
-        self._ensure_seeded()
-        pixel_values, labels = [], []
-        for image, label in zip(batch[self.image_column], batch[self.label_column], strict=True):
-            array = to_rgb_uint8(image, min_size=1)
-            if self.task == "classification":
-                pixel_values.append(self.transform(image=array)["image"])
-                labels.append(torch.tensor(int(label), dtype=torch.long))
-                continue
-            mask = self._label_map(label)
-            if mask.shape != array.shape[:2]:
-                raise ValueError(f"image {array.shape[:2]} and label map {mask.shape} differ in size")
-            out = self.transform(image=array, mask=mask)
-            pixel_values.append(out["image"])
-            labels.append(torch.as_tensor(out["mask"]).long())
-        return {"pixel_values": pixel_values, "labels": labels}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(task={self.task!r}, seed={self.seed}, rank={self.rank})"
-
-
-def collate_downstream(examples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack ``pixel_values`` and ``labels`` of examples made by :class:`DownstreamTransform`."""
-    if not examples:
-        raise ValueError("cannot collate an empty list of examples")
-    return {
-        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-        "labels": torch.stack([example["labels"] for example in examples]),
-    }

@@ -1,10 +1,16 @@
-"""What `equirecon pretrain` and `equirecon finetune` share on the command line: recipes (`--config FILE`),
-`--config_overrides`, one-line argument errors, and the output-directory check, all before any training starts."""
+"""What every `equirecon` command shares: one argument style (`HfArgumentParser` dataclasses, JSON/YAML recipes
+with `--config FILE`, `--config_overrides`), one-line argument errors, the output-directory check, and one set-up
+(:func:`setup`) and entry-point wrapper (:func:`run_command`).
+
+A leaf module: it imports nothing of the package, so the packages that raise `ArgumentError` can use it."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +96,28 @@ def check_output_dir(path: str) -> None:
         probe.unlink()
     except OSError as error:
         raise ArgumentError(f"--output_dir {path} is not writable ({error.strerror})") from error
+
+
+def setup(*, log_format: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
+    """The set-up of every command: albumentations stays offline and quiet (2.0.8 checks PyPI for updates on
+    import), and INFO logs go to stderr unless logging is already configured."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format=log_format, level=logging.INFO, stream=sys.stderr)
+
+
+def run_command(
+    command: str, argv: Sequence[str] | None, parse: Callable[[list[str]], tuple], run: Callable[..., Any]
+) -> int:
+    """`equirecon COMMAND`: set up, parse `argv` (default: `sys.argv[1:]`), run; a bad argument is one line on
+    stderr and exit status 2, `--help` exits 0."""
+    setup()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        run(*parse(argv))
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    except ArgumentError as error:
+        print(f"equirecon {command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

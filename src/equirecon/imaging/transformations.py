@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..imaging.context import center_crop
+from .context import center_crop
 
 __all__ = [
     "BLUR_IDENTITY_SIGMA",
@@ -48,7 +48,6 @@ __all__ = [
     "TransformationConfig",
     "TransformedPair",
     "apply_transformation",
-    "center_crop",
     "make_transformed_pair",
 ]
 

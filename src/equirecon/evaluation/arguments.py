@@ -1,0 +1,146 @@
+"""Arguments of `equirecon evaluate equivariance|knn|linear`, as dataclasses for `HfArgumentParser`: the model,
+data and run arguments every task shares, then each task's own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .features import FEATURE_KINDS
+
+__all__ = [
+    "TASK_ARGUMENTS",
+    "EquivarianceArguments",
+    "EvaluateDataArguments",
+    "EvaluateModelArguments",
+    "EvaluateRunArguments",
+    "KNNArguments",
+    "LinearArguments",
+]
+
+_EQUIVARIANCE_FAMILIES = ("rotation", "color", "blur", "translation", "se2")
+
+
+@dataclass
+class EvaluateModelArguments:
+    """The frozen encoder to evaluate."""
+
+    model: str = field(metadata={"help": "Checkpoint directory or Hub repository id."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) of --model."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the Hub."})
+    image_size: int | None = field(default=None, metadata={"help": "Input resolution (default: the checkpoint's)."})
+    device: str = field(default="auto", metadata={"help": "'auto' (CUDA if available), 'cpu', 'cuda:0', ..."})
+    dtype: str | None = field(
+        default=None, metadata={"help": "Model weights' dtype on load.", "choices": ["float32", "bfloat16", "float16"]}
+    )
+    batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
+
+
+@dataclass
+class EvaluateDataArguments:
+    """The images: a dataset, its splits and columns."""
+
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "equivariance: 'embedded' (bundled photos; default), an image folder, Parquet, or a Hub dataset. "
+            "knn/linear: 'digits' (default) or 'lfw_subset' (offline built-ins), an image folder with class "
+            "sub-folders, a saved dataset, Parquet, or a Hub dataset."
+        },
+    )
+    split: str = field(default="train", metadata={"help": "Dataset split to use (to train on, for probes)."})
+    test_split: str | None = field(
+        default=None,
+        metadata={"help": "Held-out split (default: the dataset's evaluation split, else part of --split)."},
+    )
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: found automatically)."})
+    label_column: str = field(default="label", metadata={"help": "knn/linear: column with the class labels."})
+    test_fraction: float = field(default=0.25, metadata={"help": "Fraction held out without a held-out split."})
+    max_images: int | None = field(default=None, metadata={"help": "Use at most this many images per split."})
+
+
+@dataclass
+class EvaluateRunArguments:
+    """Reproducibility and output."""
+
+    seed: int = field(default=0, metadata={"help": "Seed of splits, subsets and fits."})
+    output: str | None = field(default=None, metadata={"help": "Write the results JSON here (else print it)."})
+    no_progress: bool = field(default=False, metadata={"help": "Hide progress bars."})
+
+
+@dataclass
+class EquivarianceArguments:
+    """R² of regressing transformation parameters from (I, g(I)) features (paper Table 1): for each family, regress
+    θ from the frozen features of a crop and its transformed copy with SIE's MLP; report R² on crops of held-out
+    photos."""
+
+    families: list[str] = field(
+        default_factory=lambda: ["rotation", "color", "blur", "translation"],
+        metadata={"help": "Transformation families (default: the paper's four).", "choices": _EQUIVARIANCE_FAMILIES},
+    )
+    feature: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (pooled for EquiRecon, else mean_patch), pooled, invariant, equivariant, cls, mean_patch "
+            "or cls+mean_patch.",
+            "choices": ("auto", *FEATURE_KINDS),
+        },
+    )
+    num_train: int = field(default=2048, metadata={"help": "Crops to fit the regressor on."})
+    num_test: int = field(default=1024, metadata={"help": "Held-out crops to score on."})
+    crop_scale: list[float] = field(
+        default_factory=lambda: [0.25, 1.0],
+        metadata={"help": "Crop area range MIN MAX, as a fraction of the largest crop of the photo."},
+    )
+    border: str = field(
+        default="context",
+        metadata={
+            "help": "What rotation/translation bring in at the crop border: the surrounding photo (default; θ cannot "
+            "be read off black corners) or black fill.",
+            "choices": ("context", "fill"),
+        },
+    )
+    per_output: bool = field(
+        default=False, metadata={"help": "Report the mean of per-parameter R² instead of SIE's global-mean R²."}
+    )
+    epochs: int = field(default=50, metadata={"help": "Regressor epochs."})
+    regressor_batch_size: int = field(default=256, metadata={"help": "Regressor batch size."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Regressor Adam learning rate."})
+    no_standardize: bool = field(default=False, metadata={"help": "Fit on raw features and θ, exactly as SIE."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache features here across runs."})
+    plot: str | None = field(default=None, metadata={"help": "Bar-chart PNG (default: next to --output)."})
+    no_plot: bool = field(default=False, metadata={"help": "Do not write the PNG."})
+
+    def __post_init__(self) -> None:
+        if len(self.crop_scale) != 2:
+            raise ValueError(f"--crop_scale takes two numbers (MIN MAX), got {self.crop_scale}")
+
+
+_PROBE_FEATURE_HELP = "cls+mean_patch (default; mean_patch for models without CLS), cls, mean_patch, pooled, invariant"
+
+
+@dataclass
+class KNNArguments:
+    """Weighted cosine k-NN accuracy on frozen features."""
+
+    feature: str | None = field(
+        default=None, metadata={"help": f"{_PROBE_FEATURE_HELP} or equivariant.", "choices": FEATURE_KINDS}
+    )
+    k: list[int] = field(default_factory=lambda: [20, 200], metadata={"help": "Numbers of neighbours."})
+    temperature: float = field(default=0.07, metadata={"help": "Softmax temperature of the votes."})
+
+
+@dataclass
+class LinearArguments:
+    """Logistic-regression probe on frozen features."""
+
+    feature: str | None = field(
+        default=None, metadata={"help": f"{_PROBE_FEATURE_HELP} or equivariant.", "choices": FEATURE_KINDS}
+    )
+    weight_decays: list[float] | None = field(
+        default=None, metadata={"help": "L2 penalties to choose from on a validation split (default: 1e-6 ... 1)."}
+    )
+    max_iter: int = field(default=200, metadata={"help": "L-BFGS iterations per fit."})
+
+
+#: Each task's own arguments, after the model, data and run arguments every task shares.
+TASK_ARGUMENTS = {"equivariance": EquivarianceArguments, "knn": KNNArguments, "linear": LinearArguments}
