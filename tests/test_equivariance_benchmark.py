@@ -232,7 +232,7 @@ def test_feature_kind_is_checked_before_encoding():
         run_equivariance_benchmark(_tiny_vit(), _photos(), feature="equivariant", input_spec=SPEC, progress=False)
 
 
-def test_equirecon_model_defaults_to_pooled_features(tiny_equirecon_config):
+def test_equirecon_model_defaults_to_the_mean_patch_token(tiny_equirecon_config):
     from equirecon import EquiReconModel
 
     torch.manual_seed(0)
@@ -246,7 +246,7 @@ def test_equirecon_model_defaults_to_pooled_features(tiny_equirecon_config):
         progress=False,
         regressor=RegressorConfig(hidden_sizes=(16,), epochs=2),
     )
-    assert result.feature == "pooled" and result.settings["input"]["image_size"] == [32, 32]
+    assert result.feature == "mean_patch" and result.settings["input"]["image_size"] == [32, 32]
     assert model.training  # handed back in the mode it came in
 
 

@@ -109,7 +109,7 @@ def test_equivariance_on_an_image_folder_with_an_equirecon_checkpoint(equirecon_
     assert code == 0
     printed = capsys.readouterr().out
     document = json.loads(printed[printed.index("{") : printed.rindex("}") + 1])  # no --output: JSON on stdout
-    assert document["feature"] == "pooled"  # EquiRecon default, loaded through AutoModel
+    assert document["feature"] == "mean_patch"  # the default for every model, EquiRecon loaded through AutoModel
     assert document["r2_convention"] == "per_output"
     assert document["settings"]["num_train_images"] + document["settings"]["num_test_images"] == 4
     assert plot.is_file()

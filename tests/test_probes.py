@@ -68,9 +68,9 @@ def test_equirecon_feature_kinds(tiny_equirecon_config):
     torch.manual_seed(0)
     model = EquiReconModel(tiny_equirecon_config).eval()
     pixels = torch.randn(2, 3, 32, 32)
-    extractor = FeatureExtractor(model, kinds=("auto", "invariant", "equivariant", "cls"))
+    extractor = FeatureExtractor(model, kinds=("auto", "pooled", "invariant", "equivariant", "cls"))
     features = extractor(pixels)
-    assert extractor.resolved_kind() == "pooled"
+    assert extractor.resolved_kind() == "mean_patch"  # the backbone, as for any model
     with torch.no_grad():
         out = model(pixel_values=pixels)
     prefix = model.num_prefix_tokens

@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from transformers import HfArgumentParser
+import torch
+from transformers import HfArgumentParser, set_seed
 
 from ..command_line import parse_dataclass_arguments, pop_config_file, run_command
 from ..imaging.sources import load_images
@@ -44,31 +45,56 @@ def evaluate_equivariance(
 ) -> dict[str, Any]:
     """The paper's equivariance R² benchmark on the frozen encoder; writes `equivariance_results.json`.
 
-    The embedded photos keep their split (regressor fitted on crops of the training photos, scored on the held-out
-    ones); other datasets use their validation split, divided by photo."""
-    from ..evaluation import RegressorConfig, run_equivariance_benchmark
+    Every read-out in `evaluation_args.equivariance_features` is scored (the first, with its θ-shuffled control, is
+    the headline), and so is a randomly initialised encoder of the same config (seeded like the run), so the card
+    shows what pretraining added. The embedded photos keep their split (regressor fitted on crops of the training
+    photos, scored on the held-out ones); other datasets use their validation split, divided by photo."""
+    from ..evaluation import FeatureCache, RegressorConfig, run_equivariance_benchmark
 
     if data_args.dataset == "embedded":
         images, test_images = load_images("embedded", split="train"), load_images("embedded", split="validation")
     else:
         images, test_images = load_images(data_args.dataset, split=data_args.validation_split), None
-    result = run_equivariance_benchmark(
-        model.equirecon,
-        images,
-        test_images=test_images,
-        families=evaluation_args.equivariance_families,
-        num_train=evaluation_args.equivariance_num_train,
-        num_test=evaluation_args.equivariance_num_test,
-        regressor=RegressorConfig(epochs=evaluation_args.equivariance_epochs),
-        max_images=evaluation_args.equivariance_max_images,
-        image_column=data_args.image_column or "image",
-        seed=seed,
-    )
+    features = evaluation_args.equivariance_features
+
+    def score(encoder: torch.nn.Module) -> dict[str, Any]:
+        cache = FeatureCache()  # one encoding pass shared by the read-outs
+        return {
+            feature: run_equivariance_benchmark(
+                encoder,
+                images,
+                test_images=test_images,
+                families=evaluation_args.equivariance_families,
+                feature=feature,
+                num_train=evaluation_args.equivariance_num_train,
+                num_test=evaluation_args.equivariance_num_test,
+                regressor=RegressorConfig(epochs=evaluation_args.equivariance_epochs),
+                max_images=evaluation_args.equivariance_max_images,
+                image_column=data_args.image_column or "image",
+                seed=seed,
+                cache=cache,
+                shuffled_control=feature == features[0],
+            )
+            for feature in features
+        }
+
+    read_outs = score(model.equirecon)
+    headline = read_outs[features[0]]
     dataset_name = "equirecon embedded photos (held-out)" if data_args.dataset == "embedded" else data_args.dataset
-    # The shape `equirecon evaluate equivariance --output` writes: the result, then its model-index entries.
-    results = {**result.to_dict(), "dataset": dataset_name, "eval_results": result.to_eval_results(dataset_name)}
+    # The shape `equirecon evaluate equivariance --output` writes (the headline result, then its model-index
+    # entries), plus every read-out and the random-initialisation reference.
+    results = {
+        **headline.to_dict(),
+        "dataset": dataset_name,
+        "eval_results": headline.to_eval_results(dataset_name),
+        "read_outs": {feature: result.to_dict() for feature, result in read_outs.items()},
+    }
+    if evaluation_args.equivariance_reference:
+        set_seed(seed)
+        reference = EquiReconForPreTraining(model.config).equirecon.to(model.device)
+        results["random_init"] = {feature: result.to_dict() for feature, result in score(reference).items()}
     (output_dir / EQUIVARIANCE_FILE).write_text(json.dumps(results, indent=2))
-    logger.info("Equivariance benchmark:\n%s", result.table())
+    logger.info("Equivariance benchmark:\n%s", "\n".join(result.table() for result in read_outs.values()))
     return results
 
 

@@ -80,7 +80,7 @@ class EquivarianceArguments:
     feature: str = field(
         default="auto",
         metadata={
-            "help": "auto (pooled for EquiRecon, else mean_patch), pooled, invariant, equivariant, cls, mean_patch "
+            "help": "auto (mean_patch, for every model), pooled, invariant, equivariant, cls, mean_patch "
             "or cls+mean_patch.",
             "choices": ("auto", *FEATURE_KINDS),
         },

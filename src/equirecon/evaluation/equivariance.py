@@ -9,14 +9,15 @@ For each transformation family g (rotation, colour, blur, translation; SE(2) or 
 
 A feature that keeps the transformation lets the regressor recover θ (R² → 1); an invariant feature does not
 (R² ≈ 0). The benchmark images are random crops of the evaluation photos at the model's resolution (see
-:mod:`.crops`); g_θ is :func:`equirecon.training.transformations.apply_transformation`, the very function that
+:mod:`.crops`); g_θ is :func:`equirecon.imaging.transformations.apply_transformation`, the very function that
 makes the pretraining targets, so benchmark and training agree on every convention.
 
 Rotations and translations of a crop bring in pixels from outside it. By default (``border="context"``) they are
-real pixels: the crop is rendered with a margin, transformed, and its centre kept, so g_θ(I) has no black fill.
-With fill, θ can be read off the shape of the black corners without looking at the image content (a model that
-sees nothing but those corners scores R² ≈ 0.85 on rotation at 32², and ≈ 0 with context), and the benchmark
-would reward that shortcut. ``border="fill"`` reproduces the fill of the pretraining views when that is wanted.
+real pixels: the crop is drawn, widened into the photo by the context margin (:mod:`equirecon.imaging.context`, the
+geometry of the pretraining views), transformed, and its centre kept, so g_θ(I) has no black fill. With fill, θ
+can be read off the shape of the black corners without looking at the image content (a model that sees nothing but
+those corners scores R² ≈ 0.85 on rotation at 32², and ≈ 0 with context), and the benchmark would reward that
+shortcut. ``border="fill"`` transforms the crop itself and fills black, to measure that shortcut.
 
 Cost: features of I are computed once and shared by all families; each family adds one pass over g_θ(I). All
 features go through a :class:`~.cache.FeatureCache`, so sweeping the regressor, the R² convention or the feature
@@ -28,7 +29,6 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -42,8 +42,9 @@ from .cache import FeatureCache, cache_key, model_fingerprint
 from .crops import CropSet, as_photos, split_photos
 from .features import FeatureExtractor, eval_mode
 from .loading import InputSpec, resolve_device
-from .metrics import R2Convention, r2_score
-from .regression import RegressorConfig, fit_mlp_regressor
+from .metrics import R2Convention
+from .regression import RegressorConfig
+from .scores import MULTIOUTPUT, EquivarianceResult, FamilyResult, score_feature_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -57,182 +58,8 @@ __all__ = [
 
 #: The families of the paper's Table 1, in its column order.
 DEFAULT_FAMILIES: tuple[str, ...] = ("rotation", "color", "blur", "translation")
-_MULTIOUTPUT = ("global", "per_output")
 # Bump when the feature-extraction pipeline changes, so old cache entries are not reused.
 _CACHE_VERSION = 2
-
-
-@dataclass
-class FamilyResult:
-    """R² of regressing one family's θ from feature pairs.
-
-    ``r2`` is the headline value under the run's convention; both conventions and the per-parameter values are
-    kept so that a report can show either without rerunning.
-    """
-
-    family: str
-    parameter_names: tuple[str, ...]
-    r2: float
-    r2_global: float
-    r2_per_output: float
-    per_parameter_r2: dict[str, float]
-    train_r2: float
-    num_train: int
-    num_test: int
-    transformation: dict[str, Any] | None = None
-    shuffled_r2: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "family": self.family,
-            "parameter_names": list(self.parameter_names),
-            "r2": self.r2,
-            "r2_global": self.r2_global,
-            "r2_per_output": self.r2_per_output,
-            "per_parameter_r2": dict(self.per_parameter_r2),
-            "train_r2": self.train_r2,
-            "num_train": self.num_train,
-            "num_test": self.num_test,
-            "transformation": self.transformation,
-            "shuffled_r2": self.shuffled_r2,
-        }
-
-
-@dataclass
-class EquivarianceResult:
-    """Per-family R² of one model and feature kind, their mean, and how they were obtained."""
-
-    families: dict[str, FamilyResult]
-    feature: str
-    multioutput: str = "global"
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def r2(self) -> dict[str, float]:
-        """``{family: R²}`` under the run's convention."""
-        return {name: result.r2 for name, result in self.families.items()}
-
-    @property
-    def shuffled_r2(self) -> dict[str, float]:
-        """The θ-shuffled control per family (chance level), where it was computed."""
-        return {name: r.shuffled_r2 for name, r in self.families.items() if r.shuffled_r2 is not None}
-
-    @property
-    def mean_r2(self) -> float:
-        """Unweighted mean over families (the paper's "mean" column)."""
-        return float(np.mean(list(self.r2.values()))) if self.families else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "task": "equivariance",
-            "feature": self.feature,
-            "r2_convention": self.multioutput,
-            "r2": self.r2,
-            "mean_r2": self.mean_r2,
-            "shuffled_r2": self.shuffled_r2,
-            "families": {name: result.to_dict() for name, result in self.families.items()},
-            "settings": self.settings,
-        }
-
-    def to_eval_results(self, dataset_name: str, dataset_type: str | None = None) -> list[dict[str, Any]]:
-        """One entry per family and one for the mean, as keyword arguments of ``huggingface_hub.EvalResult``."""
-        entries = [*((f"R² {name}", value) for name, value in self.r2.items()), ("R² mean", self.mean_r2)]
-        return [
-            {
-                "task_type": "image-feature-extraction",
-                "task_name": f"Equivariance (θ regression from {self.feature} features)",
-                "dataset_type": dataset_type or dataset_name,
-                "dataset_name": dataset_name,
-                "metric_type": "r_squared",
-                "metric_name": name,
-                "metric_value": round(float(value), 4),
-                "metric_config": self.multioutput,
-            }
-            for name, value in entries
-        ]
-
-    def table(self) -> str:
-        """A Markdown table with one column per family and the mean, as in the paper."""
-        names = list(self.families)
-        header = "| feature | " + " | ".join(f"R² {name}" for name in names) + " | mean |"
-        rule = "|---" * (len(names) + 2) + "|"
-        row = f"| {self.feature} | " + " | ".join(f"{self.r2[n]:.3f}" for n in names) + f" | {self.mean_r2:.3f} |"
-        return "\n".join([header, rule, row])
-
-
-def score_feature_pairs(
-    features: torch.Tensor,
-    transformed_features: torch.Tensor,
-    params: torch.Tensor | np.ndarray,
-    *,
-    num_train: int,
-    family: str = "custom",
-    parameter_names: Sequence[str] | None = None,
-    regressor: RegressorConfig | None = None,
-    multioutput: R2Convention = "global",
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-    shuffled_control: bool = False,
-) -> FamilyResult:
-    """Fit the θ regressor on the first ``num_train`` feature pairs and score it on the rest.
-
-    This is the model-free half of the benchmark: it only sees features ``(N, D)`` of I and of g_θ(I) and the
-    parameters ``(N, P)``, so it can be used on features from anywhere. ``shuffled_control`` also fits a second
-    regressor on the same pairs with θ permuted across them and scores it on the true held-out θ
-    (``shuffled_r2``): the chance level, which the headline R² must clear to mean anything.
-    """
-    if multioutput not in _MULTIOUTPUT:
-        raise ValueError(f"multioutput must be one of {_MULTIOUTPUT}, got {multioutput!r}.")
-    params = torch.as_tensor(np.asarray(params) if not isinstance(params, torch.Tensor) else params).float()
-    if params.ndim == 1:
-        params = params[:, None]
-    count = features.shape[0]
-    if transformed_features.shape != features.shape or params.shape[0] != count:
-        raise ValueError(
-            f"features {tuple(features.shape)}, transformed features {tuple(transformed_features.shape)} and "
-            f"params {tuple(params.shape)} must describe the same N samples."
-        )
-    if not 2 <= num_train <= count - 2:
-        raise ValueError(f"num_train must leave at least 2 samples on each side, got {num_train} of {count}.")
-    names = tuple(parameter_names) if parameter_names is not None else tuple(f"p{i}" for i in range(params.shape[1]))
-    if len(names) != params.shape[1]:
-        raise ValueError(f"{len(names)} parameter names for {params.shape[1]} parameters.")
-
-    pairs = torch.cat([features, transformed_features], dim=1).float()
-    model = fit_mlp_regressor(
-        pairs[:num_train],
-        params[:num_train],
-        regressor,
-        seed=seed,
-        device=device,
-        progress=progress,
-        description=f"regressor ({family})",
-    )
-    predictions = model.predict(pairs[num_train:])
-    targets = params[num_train:]
-    scores = {convention: r2_score(predictions, targets, multioutput=convention) for convention in _MULTIOUTPUT}
-    per_parameter = r2_score(predictions, targets, multioutput="raw_values")
-    train_r2 = r2_score(model.predict(pairs[:num_train]), params[:num_train], multioutput=multioutput)
-    shuffled_r2 = None
-    if shuffled_control:
-        permutation = torch.from_numpy(np.random.default_rng([seed, 3]).permutation(num_train))
-        control = fit_mlp_regressor(
-            pairs[:num_train], params[:num_train][permutation], regressor, seed=seed, device=device, progress=False
-        )
-        shuffled_r2 = float(r2_score(control.predict(pairs[num_train:]), targets, multioutput=multioutput))
-    return FamilyResult(
-        family=family,
-        parameter_names=names,
-        r2=float(scores[multioutput]),
-        r2_global=float(scores["global"]),
-        r2_per_output=float(scores["per_output"]),
-        per_parameter_r2={name: float(value) for name, value in zip(names, per_parameter, strict=True)},
-        train_r2=float(train_r2),
-        num_train=num_train,
-        num_test=count - num_train,
-        shuffled_r2=shuffled_r2,
-    )
 
 
 def _family_configs(
@@ -337,7 +164,7 @@ def run_equivariance_benchmark(
     image_column: str = "image",
     max_images: int | None = None,
     progress: bool = True,
-    shuffled_control: bool = True,
+    shuffled_control: bool | Sequence[str] = True,
 ) -> EquivarianceResult:
     """Per-family R² of regressing θ from the frozen features of (I, g_θ(I)).
 
@@ -359,8 +186,8 @@ def run_equivariance_benchmark(
         border: what a geometric g_θ (rotation, translation, SE(2)) shows where it moves content in from outside
             the crop. ``"context"`` (default): the surrounding photo. The crop is rendered with enough margin,
             transformed, and its centre kept, so g_θ(I) has no fill and the regressor cannot read θ off black
-            corners; it must come from the content. ``"fill"``: the crop itself is transformed, with the black
-            fill the pretraining views have. Non-geometric families always transform the crop itself (colour's
+            corners; it must come from the content. ``"fill"``: the crop itself is transformed and filled black
+            (the shortcut this benchmark otherwise rules out). Non-geometric families always transform the crop itself (colour's
             contrast is relative to the crop's own mean).
         regressor: the θ regressor's hyper-parameters (default: SIE's MLP, 50 epochs).
         multioutput: ``"global"`` (SIE's convention, default) or ``"per_output"`` for the headline R².
@@ -372,13 +199,14 @@ def run_equivariance_benchmark(
         max_images: use only the first ``max_images`` photos (photos are held in memory).
         progress: show progress bars.
         shuffled_control: also score a regressor fitted on permuted θ (:func:`score_feature_pairs`), reported as
-            each family's ``shuffled_r2``; it doubles the regressor fits.
+            each family's ``shuffled_r2``, for every family (``True``) or the families named; each doubles that
+            family's regressor fits.
     """
     configs = _family_configs(families)
     if border not in ("context", "fill"):
         raise ValueError(f"border must be 'context' or 'fill', got {border!r}.")
-    if multioutput not in _MULTIOUTPUT:
-        raise ValueError(f"multioutput must be one of {_MULTIOUTPUT}, got {multioutput!r}.")
+    if multioutput not in MULTIOUTPUT:
+        raise ValueError(f"multioutput must be one of {MULTIOUTPUT}, got {multioutput!r}.")
     if num_train < 2 or num_test < 2:
         raise ValueError(f"num_train and num_test must be at least 2, got {num_train} and {num_test}.")
     if batch_size < 1:
@@ -441,7 +269,7 @@ def run_equivariance_benchmark(
                 multioutput=multioutput,
                 seed=seed,
                 device=device_for_regressor,
-                shuffled_control=shuffled_control,
+                shuffled_control=shuffled_control is True or (bool(shuffled_control) and name in shuffled_control),
             )
             result.transformation = config.to_dict()
             results[name] = result
@@ -459,7 +287,7 @@ def run_equivariance_benchmark(
             "regressor": (regressor or RegressorConfig()).to_dict(),
             "seed": seed,
             "batch_size": batch_size,
-            "shuffled_control": shuffled_control,
+            "shuffled_control": shuffled_control if isinstance(shuffled_control, bool) else list(shuffled_control),
         }
         return EquivarianceResult(families=results, feature=kind, multioutput=multioutput, settings=settings)
 

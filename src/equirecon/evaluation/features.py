@@ -18,7 +18,9 @@ kind                      definition                                            
 the normalised CLS token. Prefix tokens (CLS, registers, DeiT's distillation token) are never averaged in.
 Models with a spatial ``(B, C, H, W)`` output (CNNs) support ``"mean_patch"`` only.
 
-``"auto"`` resolves to ``"pooled"`` for models that return EquiRecon outputs and to ``"mean_patch"`` otherwise.
+``"auto"`` resolves to ``"mean_patch"`` for every model: EquiRecon and its baselines are read out the same way, from
+the backbone, where the reconstruction task acts. The head's parts are asked for by name; their mean (``"pooled"``)
+mixes the invariant part into the equivariant one and hid the effect in the card of an early default run.
 """
 
 from __future__ import annotations
@@ -201,7 +203,7 @@ class FeatureExtractor:
         kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
         outputs = self.model(pixel_values=pixel_values.to(self.device, self.dtype), **kwargs)
         if self.auto_kind is None:
-            self.auto_kind = "pooled" if _has_equirecon_outputs(outputs) else "mean_patch"
+            self.auto_kind = "mean_patch"
         if self.kinds is None:
             resolved: list[str] = []
             for kind in self._requested:

@@ -126,7 +126,9 @@ def fit_mlp_regressor(
 
     x = features.to(device)
     y = ((targets - model.target_mean.cpu()) / model.target_scale.cpu()).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, foreach=True
+    )
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for _ in tqdm(range(config.epochs), desc=description, unit="epoch", disable=not progress, leave=False):

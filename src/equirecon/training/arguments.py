@@ -173,6 +173,17 @@ class EvaluationArguments:
     )
     # The regressor must generalise from the training photos to held-out ones; on the 14 embedded training photos it
     # needs ~4000 crops to (measured: with 1536, every model scored R² rot < 0).
+    equivariance_features: list[str] = field(
+        default_factory=lambda: ["mean_patch", "equivariant"],
+        metadata={
+            "help": "Feature read-outs scored (the first is the card's headline): the backbone's mean patch token "
+            "and the head's equivariant part, where reconstruction acts; also cls, pooled, invariant."
+        },
+    )
+    equivariance_reference: bool = field(
+        default=True,
+        metadata={"help": "Also score a randomly initialised encoder of the same config, the reference row."},
+    )
     equivariance_num_train: int = field(default=4096, metadata={"help": "Crops to fit the θ regressor on."})
     equivariance_num_test: int = field(default=1024, metadata={"help": "Held-out crops to score R² on."})
     equivariance_epochs: int = field(default=30, metadata={"help": "Epochs of the θ regressor."})

@@ -31,6 +31,7 @@ from ..imaging.sources import find_image_column, load_images
 from ..imaging.transformations import TransformationConfig, make_transformed_pair
 from ..model_card import RUN_FILE, write_model_card
 from ..modeling import EquiReconConfig, EquiReconForPreTraining
+from ..modeling.modeling_equirecon import masked_mse
 from .arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
 from .data import build_transform_pair_dataset, collate_transform_pairs
 from .trainer import EquiReconTrainer
@@ -135,7 +136,8 @@ def save_reconstruction_figure(
     path: Path,
     num_examples: int = 4,
 ) -> Path:
-    """Rows: examples. Columns: v1, u, the K targets, v2, then the K reconstructions; all de-normalised."""
+    """Rows: examples. Columns: v1, u, the K targets, v2 (also the copy baseline's answer for every target), then
+    the K reconstructions, each labelled with its error and the copy baseline's on that target; all de-normalised."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,9 +171,23 @@ def save_reconstruction_figure(
         return (tensor * std + mean).clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
 
     steps = [f"{i}/{k + 1}" for i in range(1, k + 1)]
-    titles = ["v1", "u"] + [f"target {s}θ" for s in steps] + ["v2"]
+    titles = ["v1", "u"] + [f"target {s}θ" for s in steps] + ["v2 = copy baseline"]
+    labels: dict[int, str] = {}
     if outputs.reconstructions is not None:
         titles += [f"recon {s}θ" for s in steps]
+        first = len(titles) - k
+        for i in range(k):
+            mask = pair.target_masks[:, i]
+            recon = [
+                masked_mse(p[None], t[None], m[None]).item()
+                for p, t, m in zip(outputs.reconstructions[:, i], pair.targets[:, i], mask, strict=True)
+            ]
+            copy = [
+                masked_mse(p[None], t[None], m[None]).item()
+                for p, t, m in zip(pair.transformed, pair.targets[:, i], mask, strict=True)
+            ]
+            for row in range(len(recon)):
+                labels[row * len(titles) + first + i] = f"mse {recon[row]:.3f} (copy {copy[row]:.3f})"
     rows = batch["pixel_values"].shape[0]
     figure, axes = plt.subplots(rows, len(titles), figsize=(1.6 * len(titles), 1.7 * rows), squeeze=False)
     for row in range(rows):
@@ -185,6 +201,8 @@ def save_reconstruction_figure(
             axis.set_yticks([])
             if row == 0:
                 axis.set_title(titles[column], fontsize=8)
+            if row * len(titles) + column in labels:
+                axis.set_xlabel(labels[row * len(titles) + column], fontsize=7)
     parameters = ", ".join(transformation.parameter_names)
     figure.suptitle(f"g = {transformation.family} ({parameters})", fontsize=9)
     figure.tight_layout()
