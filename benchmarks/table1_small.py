@@ -12,18 +12,19 @@ and a randomly initialised encoder is the reference row. Each frozen encoder is 
 
 * the equivariance benchmark: an MLP regresses θ of rotation / colour / blur / translation from the features of
   (I, g_θ(I)) for crops of the embedded training photos, R² on crops of held-out photos (the embedded ones, or any
-  image folder or dataset given by --eval-dataset, reusing the finished checkpoints), for three read-outs (the backbone's
-  mean patch token, its CLS token, and the head's equivariant part). The mean-patch read-out also reports the
-  θ-shuffled control (the regressor fitted on permuted θ): chance R²;
-* a weighted k-NN (k = 20) on the mean patch token of a labelled set (scikit-learn's digits, 25 % held out), so
-  a loss of invariance shows.
+  image folder or dataset given by --eval-dataset, reusing the finished checkpoints), for three read-outs (the
+  backbone's mean patch token, its CLS token, and the head's equivariant part). The mean-patch read-out also reports
+  the θ-shuffled control (the regressor fitted on permuted θ): chance R²;
+* a weighted k-NN (k = 20) on the mean patch token of a labelled set (scikit-learn's digits, its fixed stratified
+  80/20 split), so a loss of invariance shows.
 
 Every (seed, row) result is written to `<output-dir>/runs/` as it finishes, and every checkpoint is kept in
-`<output-dir>/checkpoints/`; a rerun skips what is finished, so the benchmark can be stopped and resumed; several invocations on one output directory share the runs (lock files),
-so two processes of one thread each keep two cores busy. The control rows and the two rotation rows run first, for every seed;
-then SE(2) and colour.
+`<output-dir>/checkpoints/`; a rerun skips what is finished (and adds only the read-outs a result lacks), so the
+benchmark can be stopped and resumed. Several invocations on one output directory share the runs through lock
+files, so two processes of one thread each keep two cores busy. The control rows and the two rotation rows run
+first, for every seed; then the other rows.
 
-    python benchmarks/table1_small.py                       # 3 seeds, ~2-3 h on 2 CPU cores
+    python benchmarks/table1_small.py                       # 3 seeds, all rows and read-outs: ~8 h on 2 CPU cores
     python benchmarks/table1_small.py --quick               # ~5 min: the pipeline, not the effect
     python benchmarks/table1_small.py --eval-dataset DIR    # the same checkpoints, held-out photos from DIR
     python benchmarks/table1_small.py --report              # the table from what has finished

@@ -62,6 +62,29 @@ def test_model_card_reports_the_measured_results(pretrained_run):
     assert "R² rotation" in (pretrained_run / "README.md").read_text()
 
 
+def test_closing_evaluation_reports_read_outs_next_to_their_controls(pretrained_run):
+    equivariance = json.loads((pretrained_run / "equivariance_results.json").read_text())
+    assert equivariance["feature"] == "mean_patch"  # the headline: the backbone, where reconstruction acts
+    assert set(equivariance["read_outs"]) == set(equivariance["random_init"]) == {"mean_patch", "equivariant"}
+    assert set(equivariance["shuffled_r2"]) == {"rotation", "color", "blur", "translation"}
+    card = build_model_card(pretrained_run).text
+    reference = equivariance["random_init"]["mean_patch"]["r2"]["rotation"]
+    assert "| random initialisation, mean_patch | " + f"{reference:.3f}" in card
+    assert "| θ-shuffled control (chance), mean_patch |" in card
+    metrics = json.loads((pretrained_run / "equirecon_run.json").read_text())["metrics"]
+    assert metrics["eval_copy_view2_loss"] > 0 and metrics["eval_copy_view1_loss"] > 0
+    assert "Reconstruction control (held-out pairs)" in card
+    beats = metrics["eval_reconstruction_loss"] < min(metrics["eval_copy_view2_loss"], metrics["eval_copy_view1_loss"])
+    assert ("beat both copy baselines" in card) == beats  # after 2 steps: the card must say they do not
+    assert beats or "do **not** beat" in card
+
+
+def test_model_card_command_rewrites_the_card(pretrained_run):
+    (pretrained_run / "README.md").unlink()
+    assert cli_main(["model-card", str(pretrained_run)]) == 0
+    assert "R² rotation" in (pretrained_run / "README.md").read_text()
+
+
 def test_recipe_file_then_command_line_overrides(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"max_steps": 7, "rotation_range": [-30, 30], "preset": "vicreg-vit-s16"}))
