@@ -215,24 +215,18 @@ def _run_probe(args: argparse.Namespace, model: Any, spec: Any) -> tuple[dict[st
     )
     kind = _probe_feature(args, model)
     progress = not args.no_progress
-    train = encode_images(
-        model,
-        data.train_images,
-        input_spec=spec,
-        kinds=(kind,),
-        batch_size=args.batch_size,
-        progress=progress,
-        description="train features",
-    )[kind]
-    test = encode_images(
-        model,
-        data.test_images,
-        input_spec=spec,
-        kinds=(kind,),
-        batch_size=args.batch_size,
-        progress=progress,
-        description="test features",
-    )[kind]
+    train, test = (
+        encode_images(
+            model,
+            images,
+            input_spec=spec,
+            kinds=(kind,),
+            batch_size=args.batch_size,
+            progress=progress,
+            description=f"{part} features",
+        )[kind]
+        for part, images in (("train", data.train_images), ("test", data.test_images))
+    )
     device = next(model.parameters()).device
     common = {"num_classes": data.num_classes, "device": device}
     if args.task == "knn":
