@@ -83,6 +83,7 @@ def test_an_existing_run_is_refused_unless_resumed_or_overwritten(tmp_path, caps
     status, err = _run(["pretrain", "--output_dir", output, "--resume_from_checkpoint", "last"], capsys)
     assert status == 2 and "no checkpoint-* in" in err, err
     (output / "checkpoint-3").mkdir()
+    (output / "checkpoint-3" / "trainer_state.json").write_text("{}")
     (output / ".equirecon-run.json").write_text(json.dumps({"command": "finetune"}))
     status, err = _run(["pretrain", "--output_dir", output, "--resume_from_checkpoint", "last"], capsys)
     assert status == 2 and "holds a run of `equirecon finetune`" in err, err
@@ -122,7 +123,9 @@ def test_ctrl_c_exits_130_with_the_resume_command_and_the_run_resumes(tmp_path):
     assert "Traceback" not in err and "Resume with:" in err, err[-3000:]
     resume = err.split("Resume with:")[1].strip().splitlines()[0].split()
     assert resume[:2] == ["equirecon", "pretrain"] and resume[-2:] == ["--resume_from_checkpoint", "last"]
-    step = int(max(output.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])).name.split("-")[1])
+    last = err.split("Last checkpoint: ")[1].split(". Resume")[0]
+    assert (Path(last) / "trainer_state.json").is_file()  # a complete one, even if Ctrl-C came mid-save
+    step = int(last.rsplit("-", 1)[1])
     assert cli_main([*resume[1:], "--max_steps", str(step + 1), "--disable_tqdm", "True"]) == 0
     state = json.loads((output / "trainer_state.json").read_text())
     assert state["global_step"] == step + 1 and (output / "model.safetensors").is_file()

@@ -134,10 +134,13 @@ class RunOutputArguments:
     )
 
 
-def checkpoints(path: str | os.PathLike) -> list[Path]:
-    """The `checkpoint-N` directories of a run, oldest first."""
+def checkpoints(path: str | os.PathLike, *, complete: bool = False) -> list[Path]:
+    """The `checkpoint-N` directories of a run, oldest first; with `complete`, only those whose trainer state was
+    written (Ctrl-C can land while a checkpoint is being saved)."""
     directory = Path(path)
     found = [p for p in directory.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    if complete:
+        found = [p for p in found if (p / "trainer_state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
@@ -145,7 +148,7 @@ def last_checkpoint(output_dir: str, resume: str | None) -> str | None:
     """`--resume_from_checkpoint last` → the newest checkpoint-* of `output_dir`; any other value as given."""
     if resume != "last":
         return resume
-    found = checkpoints(output_dir)
+    found = checkpoints(output_dir, complete=True)
     return str(found[-1]) if found else None
 
 
@@ -167,7 +170,7 @@ def check_output_dir(path: str | None, *, command: str, resume: str | None = Non
     if resume is not None and resume != "last" and not Path(resume).is_dir():
         raise ArgumentError(f"--resume_from_checkpoint {resume}: no such checkpoint directory")
     contents = [p for p in directory.iterdir() if p.name != RUN_MARKER] if directory.is_dir() else []
-    if resume == "last" and not checkpoints(directory):
+    if resume == "last" and not checkpoints(directory, complete=True):
         raise ArgumentError(f"--resume_from_checkpoint last: no checkpoint-* in {path} to resume from")
     if not contents or overwrite:
         return
@@ -311,7 +314,7 @@ def run_command(
 
 
 def _resume_hint(command: str, argv: list[str], output_dir: str | None) -> str:
-    found = checkpoints(output_dir) if output_dir else []
+    found = checkpoints(output_dir, complete=True) if output_dir else []
     if not found:
         return "No checkpoint had been written; nothing to resume."
     kept, skip = [], False
