@@ -449,10 +449,16 @@ class EquiReconForImageClassification(EquiReconDownstreamModel):
     DINOv2 linear-evaluation recipe (as `Dinov2ForImageClassification`)."""
 
     _output_class = ImageClassifierOutput
+    _keys_to_ignore_on_load_missing = [r"^feature_norm\."]  # older checkpoints: the identity statistics
 
     def __init__(self, config: EquiReconConfig):
         super().__init__(config)
         self._build_encoder(config)
+        # Per-feature standardisation over the batch (no parameters; running statistics at inference), as MAE's
+        # linear probe: an encoder's tokens share a large image-independent part (a 5-step tiny model: the images
+        # differ by 14% of the feature scale), which a plain linear head at fine-tuning learning rates needs hundreds
+        # of steps to see past. Checkpoints without it load as before (running mean 0, variance 1: the identity).
+        self.feature_norm = nn.BatchNorm1d(2 * config.hidden_size, affine=False)
         self.classifier = (
             nn.Linear(2 * config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         )
@@ -463,7 +469,8 @@ class EquiReconForImageClassification(EquiReconDownstreamModel):
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         sequence_output = outputs.last_hidden_state
         patch_tokens = sequence_output[:, self.config.num_prefix_tokens :]
-        logits = self.classifier(torch.cat([sequence_output[:, 0], patch_tokens.mean(dim=1)], dim=-1))
+        features = torch.cat([sequence_output[:, 0], patch_tokens.mean(dim=1)], dim=-1)
+        logits = self.classifier(self.feature_norm(features))
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         return loss, logits
 
