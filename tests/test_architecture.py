@@ -28,7 +28,7 @@ ALLOWED = {
         "command_line",
         "model_card",
     },
-    "cli": {"commands", "command_line", "model_card"},
+    "cli": {"commands", "command_line", "registration"},
 }
 
 

@@ -197,3 +197,19 @@ def test_recipes_and_help(vit_dir, tmp_path, capsys):
     assert list(_read(output)["top1"]) == ["3"]
     assert main(["linear", "--help"]) == 0
     assert "--weight_decays" in capsys.readouterr().out
+
+
+def test_a_corrupt_image_is_skipped_and_counted(equirecon_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(folder / f"photo_{index}.png")
+    (folder / "photo_9.png").write_bytes(b"not an image")
+    output = tmp_path / "results.json"
+    argv = ["equivariance", "--model", str(equirecon_dir), "--dataset", str(folder), "--families", "blur"]
+    assert main([*argv, "--output", str(output), "--no_plot", *FAST_EQUIVARIANCE]) == 0
+    document = _read(output)
+    assert document["skipped_images"] == 1
+    assert document["settings"]["num_train_images"] + document["settings"]["num_test_images"] == 4
+    assert "1 image(s) could not be decoded" in capsys.readouterr().out

@@ -1,6 +1,9 @@
 """`equirecon finetune` end to end (tiny models, a handful of steps), its data, recipes and argument errors."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -297,7 +300,7 @@ def test_unlabelled_split_unwritable_output_and_unknown_model_are_reported(check
     assert status == 2 and "is not writable" in err, err
 
     status, err = _run(["classification", "--model", tmp_path / "missing", "--output_dir", tmp_path / "b"], capsys)
-    assert status == 2 and "cannot load a config" in err, err
+    assert status == 2 and "no such directory" in err, err
 
     for argv, message in [
         (["detection", "--model", checkpoint], "unknown task 'detection'"),
@@ -432,3 +435,23 @@ def test_ade20k_folder_layout_pairs_images_with_annotations(tmp_path, caplog):
     assert np.asarray(data.eval[1]["label"]).tolist() == np.full((20, 24), 1).tolist()
     with pytest.raises(ValueError, match="num_labels is 2"):
         dd.load_downstream_dataset("segmentation", str(tmp_path), num_labels=2)
+
+
+def test_two_process_ddp_fine_tune_without_find_unused_parameters(checkpoint, tmp_path):
+    """Every parameter of the classification model gets a gradient, so plain DDP (gloo, CPU) trains it."""
+    script = Path(__file__).parent / "scripts" / "distributed_finetune.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    port = str(29700 + os.getpid() % 1000)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    result = subprocess.run(
+        [*command, str(script), str(checkpoint), str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "find_unused_parameters" not in result.stderr
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert AutoModelForImageClassification.from_pretrained(tmp_path / "run").num_labels == 10

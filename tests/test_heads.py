@@ -150,9 +150,11 @@ def test_upernet_reads_the_configured_layers():
     with torch.no_grad():
         model(pixel_values)
         states = model.equirecon(pixel_values, output_hidden_states=True).hidden_states
+        norm = model.equirecon.backbone.layernorm  # as Dinov2Backbone: each layer read through the final norm
+        expected = [norm(states[index])[:, 1:].transpose(1, 2).reshape(2, 32, 4, 4) for index in [0, 1, 1, 2]]
     assert [m.shape for m in seen] == [(2, 32, 4, 4)] * 4
-    for feature_map, index in zip(seen, [0, 1, 1, 2], strict=True):
-        assert torch.allclose(feature_map, states[index][:, 1:].transpose(1, 2).reshape(2, 32, 4, 4))
+    for feature_map, wanted in zip(seen, expected, strict=True):
+        assert torch.allclose(feature_map, wanted)
 
 
 def test_segmentation_needs_two_classes_for_a_loss():
@@ -190,7 +192,8 @@ def test_pretraining_checkpoint_loads_encoder_and_reports_only_the_head_as_new(
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
     encoder = model.equirecon.state_dict()
     for name, tensor in pretrained.equirecon.state_dict().items():
-        assert torch.equal(encoder[name], tensor), name
+        if not name.startswith("projection."):  # the split head is pretraining's; the heads read the encoder
+            assert torch.equal(encoder[name], tensor), name
     assert model.config.id2label == LABELS
 
 
@@ -295,3 +298,20 @@ def test_encoder_loads_from_a_fine_tuned_checkpoint(tmp_path):
     encoder = EquiReconModel.from_pretrained(tmp_path)
     for name, tensor in model.equirecon.state_dict().items():
         assert torch.equal(encoder.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda: _classifier(), lambda: _segmenter("linear"), lambda: _segmenter("upernet", use_auxiliary_head=True)],
+    ids=["classification", "segmentation-linear", "segmentation-upernet"],
+)
+def test_every_parameter_of_a_head_model_gets_a_gradient(build):
+    """DDP without find_unused_parameters raises on a parameter that no loss reaches: there must be none."""
+    model = build().train()
+    pixels = _pixels(batch_size=4)
+    is_classifier = isinstance(model, EquiReconForImageClassification)
+    labels = torch.tensor([0, 1, 2, 0]) if is_classifier else torch.randint(0, 3, (4, 32, 32))
+    model(pixel_values=pixels, labels=labels).loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    assert not any(name.startswith("equirecon.projection") for name, _ in model.named_parameters())

@@ -32,51 +32,55 @@ def _targets(seed=0, n=50):
 @pytest.mark.parametrize("convention", ["global", "per_output"])
 def test_r2_perfect_predictor_is_one(convention):
     targets = _targets()
-    assert r2_score(targets, targets, multioutput=convention) == pytest.approx(1.0)
-    assert r2_score(torch.tensor(targets), torch.tensor(targets), multioutput=convention) == pytest.approx(1.0)
+    assert r2_score(y_true=targets, y_pred=targets, multioutput=convention) == pytest.approx(1.0)
+    assert r2_score(
+        y_true=torch.tensor(targets), y_pred=torch.tensor(targets), multioutput=convention
+    ) == pytest.approx(1.0)
 
 
 def test_r2_mean_predictor_is_zero_under_both_conventions():
     targets = _targets()
     global_mean = np.full_like(targets, targets.mean())
     column_means = np.broadcast_to(targets.mean(axis=0), targets.shape)
-    assert r2_score(global_mean, targets, multioutput="global") == pytest.approx(0.0, abs=1e-12)
-    assert r2_score(column_means, targets, multioutput="per_output") == pytest.approx(0.0, abs=1e-12)
-    np.testing.assert_allclose(r2_score(column_means, targets, multioutput="raw_values"), 0.0, atol=1e-12)
+    assert r2_score(y_true=targets, y_pred=global_mean, multioutput="global") == pytest.approx(0.0, abs=1e-12)
+    assert r2_score(y_true=targets, y_pred=column_means, multioutput="per_output") == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_allclose(
+        r2_score(y_true=targets, y_pred=column_means, multioutput="raw_values"), 0.0, atol=1e-12
+    )
     # Under SIE's global convention, knowing each output's mean is already worth something when means differ.
     offset = np.random.default_rng(1).uniform(0, 1, (40, 2)) + [0.0, 10.0]
-    assert r2_score(np.broadcast_to(offset.mean(0), offset.shape), offset, multioutput="global") > 0.9
-    assert r2_score(np.broadcast_to(offset.mean(0), offset.shape), offset, multioutput="per_output") == pytest.approx(
-        0.0
-    )
+    assert r2_score(y_true=offset, y_pred=np.broadcast_to(offset.mean(0), offset.shape), multioutput="global") > 0.9
+    assert r2_score(
+        y_true=offset, y_pred=np.broadcast_to(offset.mean(0), offset.shape), multioutput="per_output"
+    ) == pytest.approx(0.0)
 
 
 def test_r2_matches_formulas_and_scikit_learn():
     targets = _targets(1)
     predictions = targets + np.random.default_rng(2).normal(0, [10.0, 0.3, 0.2], targets.shape)
     expected_global = 1 - ((targets - predictions) ** 2).sum() / ((targets - targets.mean()) ** 2).sum()
-    assert r2_score(predictions, targets) == pytest.approx(expected_global)
-    assert r2_score(predictions, targets, multioutput="per_output") == pytest.approx(
+    assert r2_score(y_true=targets, y_pred=predictions) == pytest.approx(expected_global)
+    assert r2_score(y_true=targets, y_pred=predictions, multioutput="per_output") == pytest.approx(
         sk_metrics.r2_score(targets, predictions, multioutput="uniform_average")
     )
     np.testing.assert_allclose(
-        r2_score(predictions, targets, multioutput="raw_values"),
+        r2_score(y_true=targets, y_pred=predictions, multioutput="raw_values"),
         sk_metrics.r2_score(targets, predictions, multioutput="raw_values"),
     )
-    assert r2_score(predictions[:, 0], targets[:, 0]) == pytest.approx(
+    assert r2_score(y_true=targets[:, 0], y_pred=predictions[:, 0]) == pytest.approx(
         sk_metrics.r2_score(targets[:, 0], predictions[:, 0])
     )
-    assert r2_score(-targets, targets) < 0  # worse than the mean is negative
+    assert r2_score(y_true=targets, y_pred=-targets) < 0  # worse than the mean is negative
 
 
 def test_r2_errors_and_constant_targets():
     with pytest.raises(ValueError, match="same shape"):
-        r2_score(np.zeros((4, 2)), np.zeros((4, 3)))
+        r2_score(y_true=np.zeros((4, 3)), y_pred=np.zeros((4, 2)))
     with pytest.raises(ValueError, match="multioutput"):
-        r2_score(np.zeros(4), np.arange(4.0), multioutput="uniform")
+        r2_score(y_true=np.arange(4.0), y_pred=np.zeros(4), multioutput="uniform")
     constant = np.ones(5)
-    assert r2_score(constant, constant) == 1.0  # scikit-learn's force_finite convention
-    assert r2_score(constant + 1, constant) == 0.0
+    assert r2_score(y_true=constant, y_pred=constant) == 1.0  # scikit-learn's force_finite convention
+    assert r2_score(y_true=constant, y_pred=constant + 1) == 0.0
 
 
 # ----------------------------------------------------------------------------------------------- accuracy
@@ -260,7 +264,9 @@ def test_metric_modules_load_offline_by_absolute_path(monkeypatch):
         value = r2_module.compute(
             predictions=predictions.tolist(), references=targets.tolist(), multioutput=convention
         )
-        assert value["r_squared"] == pytest.approx(r2_score(predictions, targets, multioutput=convention))
+        assert value["r_squared"] == pytest.approx(
+            r2_score(y_true=targets, y_pred=predictions, multioutput=convention)
+        )
     assert r2_module.compute(predictions=[1.0, 2.0, 4.0], references=[1.0, 2.0, 4.0]) == {"r_squared": 1.0}
 
     iou_module = evaluate.load(metric_path("mean_iou"))
@@ -276,3 +282,13 @@ def test_no_hub_metric_names_in_the_package():
     hub_call = re.compile(r"""evaluate\.load\(\s*["'][A-Za-z_-]+["']""")
     offenders = [str(p) for p in package.rglob("*.py") if hub_call.search(p.read_text())]
     assert offenders == []
+
+
+def test_r2_score_takes_scikit_learns_names_and_warns_on_the_old_positional_order():
+    targets, predictions = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.5, 2.0, 2.0, 4.5])
+    expected = sk_metrics.r2_score(targets, predictions)
+    assert r2_score(y_true=targets, y_pred=predictions) == pytest.approx(expected)
+    with pytest.warns(FutureWarning, match="y_true"):
+        assert r2_score(predictions, targets) == pytest.approx(expected)  # the old (predictions, targets)
+    with pytest.raises(TypeError):
+        r2_score(targets, y_pred=predictions)

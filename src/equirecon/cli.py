@@ -1,7 +1,7 @@
 """The `equirecon` command: `pretrain`, `evaluate`, `finetune`, `model-card`.
 
-Each subcommand is a module of `equirecon.commands` (or `equirecon.model_card`), imported only when used, so
-`equirecon --help` stays fast. Set-up (logging, offline albumentations) is `equirecon.command_line.setup`.
+Each subcommand is a module of `equirecon.commands`, imported only when used, so `equirecon --help` stays fast
+(the package itself imports nothing heavy for the console script). Set-up (logging, offline albumentations) is `equirecon.command_line.setup`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ COMMANDS = {
     ),
     "evaluate": ("equirecon.commands.evaluate", "equivariance R² benchmark, kNN and linear probes"),
     "finetune": ("equirecon.commands.finetune", "fine-tune or probe a classification / segmentation head"),
-    "model-card": ("equirecon.model_card", "(re)write the model card of a model directory"),
+    "model-card": ("equirecon.commands.model_card", "(re)write the model card of a model directory"),
 }
 
 
@@ -37,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"equirecon: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     from .command_line import setup
+    from .registration import register_auto_classes
 
     setup()
+    register_auto_classes()  # deferred by `equirecon/__init__.py` when the console script starts
     module = importlib.import_module(COMMANDS[command][0])
     return module.main(arguments)
 

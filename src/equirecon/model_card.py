@@ -7,11 +7,9 @@ Sources in the directory: `config.json`, `equirecon_run.json` (written by `equir
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -331,21 +329,3 @@ def _results_table(task: str, id2label: dict[int, str], metrics: dict[str, float
     )
     note = "Absent classes (NaN) are left out of the means. Pixel accuracy: "
     return "\n".join(rows) + f"\n\n{note}{metrics.get('eval_overall_accuracy', float('nan')):.4f}."
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `equirecon model-card DIR`."""
-    parser = argparse.ArgumentParser(
-        prog="equirecon model-card", description="(Re)write the model card of a saved EquiRecon model directory."
-    )
-    parser.add_argument("model_dir", help="Directory written by `equirecon pretrain` (or save_pretrained).")
-    parser.add_argument("--model-name", help="Title of the card (default: the directory name).")
-    parser.add_argument("--repo-id", help="Hub repository id used in the usage snippet (default: the directory).")
-    args = parser.parse_args(argv)
-    try:
-        path = write_model_card(args.model_dir, model_name=args.model_name, repo_id=args.repo_id)
-    except (ValueError, OSError) as error:
-        print(f"equirecon model-card: error: {error}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0

@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 from transformers import HfArgumentParser
 
-from ..command_line import ArgumentError, parse_dataclass_arguments, pop_config_file, setup
+from ..command_line import (
+    ArgumentError,
+    check_model_path,
+    config_action,
+    format_help,
+    parse_dataclass_arguments,
+    pop_config_file,
+    setup,
+)
 from ..evaluation.arguments import (
     TASK_ARGUMENTS,
     EvaluateDataArguments,
@@ -41,6 +49,12 @@ logger = logging.getLogger("equirecon.evaluate")
 __all__ = ["main", "parse_arguments"]
 
 _DEFAULT_DATASETS = {"equivariance": "embedded", "knn": "digits", "linear": "digits"}
+
+_EXAMPLES = {
+    "equivariance": "equirecon evaluate equivariance --model runs/equirecon-tiny --output results.json",
+    "knn": "equirecon evaluate knn --model runs/equirecon-tiny --dataset digits",
+    "linear": "equirecon evaluate linear --model runs/equirecon-tiny --dataset ./pets --test_split validation",
+}
 
 _USAGE = "equirecon evaluate {equivariance,knn,linear} --model MODEL [--config RECIPE] [options]"
 
@@ -61,12 +75,20 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     dataclasses_ = (EvaluateModelArguments, EvaluateDataArguments, EvaluateRunArguments, TASK_ARGUMENTS[task])
     parser = HfArgumentParser(dataclasses_)
     if "-h" in argv or "--help" in argv:
-        parser.prog, parser.usage = f"equirecon evaluate {task}", _USAGE.replace("{equivariance,knn,linear}", task)
-        parser.description = TASK_ARGUMENTS[task].__doc__
-        parser.print_help()
+        print(
+            format_help(
+                parser,
+                usage=_USAGE.replace("{equivariance,knn,linear}", task),
+                description=" ".join((TASK_ARGUMENTS[task].__doc__ or "").split()),
+                example=_EXAMPLES[task],
+                own=dataclasses_,
+                extra=[config_action()],
+            )
+        )
         raise SystemExit(0)
     recipe, argv = pop_config_file(argv)
     parsed = parse_dataclass_arguments(parser, recipe + argv, "evaluate")
+    check_model_path(parsed[0].model)
     args = argparse.Namespace(task=task, **{k: v for part in parsed for k, v in dataclasses.asdict(part).items()})
     args.dataset = args.dataset or _DEFAULT_DATASETS[task]
     for name in ("output", "plot", "cache_dir"):
@@ -79,7 +101,14 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
     from ..evaluation.cache import FeatureCache
     from ..evaluation.equivariance import run_equivariance_benchmark
     from ..evaluation.regression import RegressorConfig
-    from ..imaging.sources import EMBEDDED_VALIDATION_PHOTOS, embedded_photos, find_image_column, load_images
+    from ..imaging.decoding import decode_images
+    from ..imaging.sources import (
+        EMBEDDED_VALIDATION_PHOTOS,
+        embedded_photos,
+        find_image_column,
+        load_images,
+        undecoded_images,
+    )
 
     test_images = None
     if args.dataset == "embedded" and args.split == "train" and args.test_split is None:
@@ -105,6 +134,12 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
             else f", {args.test_fraction:.0%} of the photos held out",
         )
     column = find_image_column(images, args.image_column)
+    # Decoded here, skipping (and counting) files that cannot be read, so one bad photo does not end the run.
+    images, _, skipped = decode_images(undecoded_images(images, column), limit=args.max_images)
+    if test_images is not None:
+        test_column = find_image_column(test_images, args.image_column)
+        decoded = decode_images(undecoded_images(test_images, test_column), limit=args.max_images)
+        test_images, skipped = decoded.images, skipped + decoded.skipped
     regressor = RegressorConfig(
         epochs=args.epochs,
         batch_size=args.regressor_batch_size,
@@ -129,11 +164,13 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
         batch_size=args.batch_size,
         seed=args.seed,
         cache=FeatureCache(args.cache_dir) if args.cache_dir is not None else None,
-        image_column=column,
         max_images=args.max_images,
         progress=not args.no_progress,
     )
-    report = {"results": result.to_dict(), "eval_results": result.to_eval_results(dataset_name)}
+    report = {
+        "results": {**result.to_dict(), "skipped_images": skipped},
+        "eval_results": result.to_eval_results(dataset_name),
+    }
     return report, result, dataset_name
 
 
@@ -178,24 +215,18 @@ def _run_probe(args: argparse.Namespace, model: Any, spec: Any) -> tuple[dict[st
     )
     kind = _probe_feature(args, model)
     progress = not args.no_progress
-    train = encode_images(
-        model,
-        data.train_images,
-        input_spec=spec,
-        kinds=(kind,),
-        batch_size=args.batch_size,
-        progress=progress,
-        description="train features",
-    )[kind]
-    test = encode_images(
-        model,
-        data.test_images,
-        input_spec=spec,
-        kinds=(kind,),
-        batch_size=args.batch_size,
-        progress=progress,
-        description="test features",
-    )[kind]
+    train, test = (
+        encode_images(
+            model,
+            images,
+            input_spec=spec,
+            kinds=(kind,),
+            batch_size=args.batch_size,
+            progress=progress,
+            description=f"{part} features",
+        )[kind]
+        for part, images in (("train", data.train_images), ("test", data.test_images))
+    )
     device = next(model.parameters()).device
     common = {"num_classes": data.num_classes, "device": device}
     if args.task == "knn":
@@ -228,7 +259,12 @@ def _run_probe(args: argparse.Namespace, model: Any, spec: Any) -> tuple[dict[st
         for name, value in metrics
     ]
     report = {
-        "results": {**result.to_dict(), "feature": kind, "class_names": data.class_names},
+        "results": {
+            **result.to_dict(),
+            "feature": kind,
+            "class_names": data.class_names,
+            "skipped_images": data.skipped,
+        },
         "eval_results": eval_results,
     }
     return report, data.description
@@ -236,6 +272,12 @@ def _run_probe(args: argparse.Namespace, model: Any, spec: Any) -> tuple[dict[st
 
 def _summary(task: str, report: dict[str, Any]) -> str:
     results = report["results"]
+    skipped = results.get("skipped_images", 0)
+    note = f"\n{skipped} image(s) could not be decoded and were skipped." if skipped else ""
+    return _result_lines(task, results) + note
+
+
+def _result_lines(task: str, results: dict[str, Any]) -> str:
     if task == "equivariance":
         names = list(results["r2"])
         lines = [
@@ -270,6 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ArgumentError, ValueError) as error:
         print(f"equirecon evaluate: error: {error}", file=sys.stderr)
         return 2
+    try:
+        return _evaluate(args)
+    except KeyboardInterrupt:
+        print(f"equirecon evaluate {args.task}: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     if args.no_progress:  # also the bars of transformers (weight loading) and datasets (folder loading)
         import datasets
         from transformers.utils import logging as transformers_logging

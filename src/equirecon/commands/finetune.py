@@ -36,7 +36,15 @@ import sys
 
 from transformers import HfArgumentParser
 
-from ..command_line import ArgumentError, parse_dataclass_arguments, pop_config_file, run_command
+from ..command_line import (
+    ArgumentError,
+    check_model_path,
+    config_action,
+    format_help,
+    parse_dataclass_arguments,
+    pop_config_file,
+    run_command,
+)
 from ..finetuning.arguments import FinetuneDataArguments, FinetuneModelArguments, FinetuneTrainingArguments
 from ..finetuning.transforms import TASKS
 from ..modeling.configuration_equirecon import SEGMENTATION_HEADS
@@ -52,9 +60,18 @@ def parse_arguments(
     argv = list(argv)
     parser = HfArgumentParser((FinetuneModelArguments, FinetuneDataArguments, FinetuneTrainingArguments))
     if "-h" in argv or "--help" in argv:
-        parser.prog = "equirecon finetune"
-        parser.usage = "equirecon finetune {classification,segmentation} --model DIR [--config RECIPE] [options]"
-        parser.print_help()
+        print(
+            format_help(
+                parser,
+                usage="equirecon finetune {classification,segmentation} --model DIR [--config RECIPE] [options]",
+                description="Fine-tune or linearly probe a checkpoint with Trainer, then write the model, its image "
+                "processor, metrics and a model card. Without --dataset: digits (classification) or generated "
+                "shapes (segmentation), offline.",
+                example="equirecon finetune classification --model runs/equirecon-tiny --freeze_backbone",
+                own=(FinetuneModelArguments, FinetuneDataArguments, FinetuneTrainingArguments),
+                extra=[config_action()],
+            )
+        )
         raise SystemExit(0)
     positional_task = argv.pop(0) if argv and not argv[0].startswith("-") else None
     recipe, argv = pop_config_file(argv)
@@ -85,6 +102,7 @@ def _last_value(argv: list[str], flag: str) -> str | None:
 def _check_arguments(model_args: FinetuneModelArguments, data_args: FinetuneDataArguments) -> None:
     if not model_args.model:
         raise ArgumentError("--model is required: an EquiRecon checkpoint directory (e.g. runs/equirecon-tiny)")
+    check_model_path(model_args.model)
     if model_args.segmentation_head is not None and model_args.segmentation_head not in SEGMENTATION_HEADS:
         raise ArgumentError(
             f"--segmentation_head must be one of {SEGMENTATION_HEADS}, got {model_args.segmentation_head!r}"

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser, set_seed
 
-from ..command_line import parse_dataclass_arguments, pop_config_file, run_command
+from ..command_line import config_action, format_help, parse_dataclass_arguments, pop_config_file, run_command
 from ..imaging.sources import load_images
 from ..model_card import EQUIVARIANCE_FILE
 from ..modeling import EquiReconForPreTraining
@@ -31,8 +31,24 @@ Arguments = tuple[ModelArguments, DataArguments, EquiReconTrainingArguments, Eva
 
 def parse_arguments(argv: list[str]) -> Arguments:
     """Recipe file first, then the command line; unknown keys and invalid values raise `ArgumentError`."""
+    dataclasses_ = (ModelArguments, DataArguments, EquiReconTrainingArguments, EvaluationArguments)
+    parser = HfArgumentParser(dataclasses_)
+    if "-h" in argv or "--help" in argv:
+        print(
+            format_help(
+                parser,
+                usage="equirecon pretrain [--config RECIPE] [options]",
+                description="Pretrain with EquiReconTrainer, run the equivariance benchmark on the validation split "
+                "and write a loadable model directory with its model card. With no arguments: the tiny preset on "
+                "the embedded photos, a few minutes on a CPU. Checkpoints every --save_steps; after Ctrl-C, "
+                "`--resume_from_checkpoint last` continues the run.",
+                example="equirecon pretrain --config recipes/pretrain-tiny-cpu.json --dataset ./photos --output_dir runs/a",
+                own=dataclasses_,
+                extra=[config_action()],
+            )
+        )
+        raise SystemExit(0)
     recipe, argv = pop_config_file(list(argv))
-    parser = HfArgumentParser((ModelArguments, DataArguments, EquiReconTrainingArguments, EvaluationArguments))
     return parse_dataclass_arguments(parser, recipe + argv, "pretrain")
 
 

@@ -31,7 +31,8 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from ..imaging.sources import find_image_column, load_images
+from ..imaging.decoding import decode_images
+from ..imaging.sources import find_image_column, load_images, undecoded_images
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class LabelledImages:
     test_labels: np.ndarray
     class_names: list[str]
     description: str
+    #: Images left out because they could not be decoded (train and test together).
+    skipped: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -279,11 +282,14 @@ def load_labelled_images(
         description = f"{source} (split {split!r}, " + (
             f"test split {held_out!r})" if test_split or held_out in splits else f"{held_out} held out)"
         )
+    train = decode_images(undecoded_images(train_set.select(train_idx), column))
+    test = decode_images(undecoded_images(test_set.select(test_idx), column))
     return LabelledImages(
-        train_images=train_set.select(train_idx)[column],
-        train_labels=train_labels[train_idx],
-        test_images=test_set.select(test_idx)[column],
-        test_labels=test_labels[test_idx],
+        train_images=train.images,
+        train_labels=train_labels[train_idx][train.indices],
+        test_images=test.images,
+        test_labels=test_labels[test_idx][test.indices],
         class_names=names,
         description=description,
+        skipped=train.skipped + test.skipped,
     )

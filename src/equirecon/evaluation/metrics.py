@@ -19,6 +19,7 @@ transformations (translation, SE(2), colour jitter):
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -92,16 +93,20 @@ def _r2(residual: np.ndarray, total: np.ndarray) -> np.ndarray:
 
 
 def r2_score(
-    predictions: ArrayLike,
-    targets: ArrayLike,
-    *,
+    *args: ArrayLike,
+    y_true: ArrayLike | None = None,
+    y_pred: ArrayLike | None = None,
     multioutput: R2Convention = "global",
 ) -> float | np.ndarray:
-    """Coefficient of determination ``1 - RSS / TSS`` of ``predictions`` against ``targets``.
+    """Coefficient of determination ``1 - RSS / TSS`` of ``y_pred`` against ``y_true``, with scikit-learn's names.
+
+    The arguments are keyword-only (``r2_score(y_true=..., y_pred=...)``) because R² is not symmetric and this
+    function used to take ``(predictions, targets)``, the reverse of scikit-learn's ``(y_true, y_pred)``: two
+    positional arguments still mean the old order, with a ``FutureWarning``, until that form is removed.
 
     Args:
-        predictions: shape ``(N,)`` or ``(N, P)``.
-        targets: same shape as ``predictions``.
+        y_true: shape ``(N,)`` or ``(N, P)``.
+        y_pred: same shape as ``y_true``.
         multioutput: ``"global"`` (one mean over all outputs, SIE's convention and the paper's), ``"per_output"``
             (mean of the per-output R²), or ``"raw_values"`` (the per-output R² as an array of shape ``(P,)``).
             See the module docstring for why they differ.
@@ -111,6 +116,19 @@ def r2_score(
         convention uses (the global mean, or each output's own mean) scores 0; worse predictors are negative.
         Constant targets follow scikit-learn: 1 for a perfect fit, 0 otherwise.
     """
+    if args:
+        if len(args) != 2 or y_true is not None or y_pred is not None:
+            raise TypeError("r2_score takes keyword arguments: r2_score(y_true=..., y_pred=..., multioutput=...)")
+        warnings.warn(
+            "r2_score(predictions, targets) is deprecated (the reverse of scikit-learn's order); call "
+            "r2_score(y_true=targets, y_pred=predictions)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        y_pred, y_true = args
+    if y_true is None or y_pred is None:
+        raise TypeError("r2_score needs y_true= and y_pred=")
+    predictions, targets = y_pred, y_true
     preds = _to_numpy(predictions, dtype=np.float64)
     tgts = _to_numpy(targets, dtype=np.float64)
     if preds.shape != tgts.shape:

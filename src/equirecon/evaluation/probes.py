@@ -48,6 +48,22 @@ def _check(features: torch.Tensor, labels: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: no samples.")
 
 
+def _checked_labels(
+    train_features: torch.Tensor,
+    train_labels: ArrayLike,
+    test_features: torch.Tensor,
+    test_labels: ArrayLike,
+    num_classes: int | None,
+    device: Any,
+) -> tuple[torch.device, torch.Tensor, torch.Tensor, int]:
+    """What both probes check first: (device, train labels, test labels, number of classes)."""
+    device = torch.device(device) if device is not None else train_features.device
+    y_train, y_test = _labels(train_labels).to(device), _labels(test_labels).to(device)
+    _check(train_features, y_train, "train")
+    _check(test_features, y_test, "test")
+    return device, y_train, y_test, num_classes or int(max(y_train.max(), y_test.max())) + 1
+
+
 @dataclass
 class KNNProbeResult:
     """Top-1 (and top-5) accuracy of the weighted k-NN classifier for each ``k``."""
@@ -94,11 +110,9 @@ def knn_probe(
         raise ValueError(f"k must be positive, got {k}.")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}.")
-    device = torch.device(device) if device is not None else train_features.device
-    y_train, y_test = _labels(train_labels).to(device), _labels(test_labels).to(device)
-    _check(train_features, y_train, "train")
-    _check(test_features, y_test, "test")
-    classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
+    device, y_train, y_test, classes = _checked_labels(
+        train_features, train_labels, test_features, test_labels, num_classes, device
+    )
     train = F.normalize(train_features.to(device, torch.float32), dim=1)
     test = F.normalize(test_features.to(device, torch.float32), dim=1)
     k_max = min(max(ks), train.shape[0])
@@ -199,11 +213,9 @@ def linear_probe(
     """
     if not weight_decays or min(weight_decays) < 0:
         raise ValueError(f"weight_decays must be a non-empty sequence of non-negative values, got {weight_decays}.")
-    device = torch.device(device) if device is not None else train_features.device
-    y_train, y_test = _labels(train_labels).to(device), _labels(test_labels).to(device)
-    _check(train_features, y_train, "train")
-    _check(test_features, y_test, "test")
-    classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
+    device, y_train, y_test, classes = _checked_labels(
+        train_features, train_labels, test_features, test_labels, num_classes, device
+    )
     x_train = train_features.to(device, torch.float32)
     mean = x_train.mean(dim=0)
     std = x_train.std(dim=0, unbiased=False)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from ..command_line import RunOutputArguments
 from ..modeling.configuration_equirecon import SEGMENTATION_HEADS
 from .data import BUILTIN_DATASETS, DEFAULT_DATASETS
 
@@ -116,7 +117,7 @@ class FinetuneDataArguments:
 
 
 @dataclass
-class FinetuneTrainingArguments(TrainingArguments):
+class FinetuneTrainingArguments(RunOutputArguments, TrainingArguments):
     """`TrainingArguments` with the defaults a fine-tuning run needs (raw columns kept for the transforms, metrics
     computed batch by batch) and that finish the offline default in a few minutes on a CPU."""
 
@@ -142,6 +143,10 @@ class FinetuneTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
 
     def __post_init__(self) -> None:
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"--max_steps must be >= 1 (or -1: --num_train_epochs decides), got {self.max_steps}.")
+        if self.num_train_epochs <= 0:
+            raise ValueError(f"--num_train_epochs must be > 0, got {self.num_train_epochs}.")
         super().__post_init__()
         if self.dataloader_pin_memory and not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # nothing to pin for; silences DataLoader's warning on CPU

@@ -11,29 +11,48 @@ from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
     AutoModelForSemanticSegmentation,
+    PretrainedConfig,
     PreTrainedModel,
     SegformerImageProcessorPil,
     ViTImageProcessorPil,
 )
 from transformers.image_utils import PILImageResampling
 
-from ..command_line import ArgumentError, parse_config_overrides
+from ..command_line import ArgumentError, check_model_path, parse_config_overrides
 from ..evaluation.loading import InputSpec
 from .arguments import FinetuneModelArguments
 
-__all__ = ["describe_protocol", "image_processor_for", "input_spec", "load_model", "summarise_keys"]
+__all__ = [
+    "describe_protocol",
+    "image_processor_for",
+    "input_spec",
+    "load_config",
+    "load_model",
+    "summarise_keys",
+]
 
 
-def load_model(
-    model_args: FinetuneModelArguments, id2label: dict[int, str], task: str
-) -> tuple[PreTrainedModel, list[str]]:
-    """The checkpoint with a ``num_labels`` head for ``task``, and the parameter names it had to initialise."""
-    hub_kwargs: dict[str, Any] = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
+def load_config(model_args: FinetuneModelArguments) -> PretrainedConfig:
+    """The checkpoint's config; a missing or unreadable checkpoint is a one-line `ArgumentError`."""
+    check_model_path(model_args.model)
     try:
-        config = AutoConfig.from_pretrained(model_args.model, **hub_kwargs)
+        return AutoConfig.from_pretrained(
+            model_args.model, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code
+        )
     except (OSError, ValueError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ArgumentError(f"--model {model_args.model}: cannot load a config ({first})") from error
+
+
+def load_model(
+    model_args: FinetuneModelArguments,
+    id2label: dict[int, str],
+    task: str,
+    config: PretrainedConfig | None = None,
+) -> tuple[PreTrainedModel, list[str]]:
+    """The checkpoint with a ``num_labels`` head for ``task``, and the parameter names it had to initialise."""
+    hub_kwargs: dict[str, Any] = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
+    config = config if config is not None else load_config(model_args)
     is_equirecon = config.model_type == "equirecon"
     overrides: dict[str, Any] = {
         "num_labels": len(id2label),

@@ -7,12 +7,12 @@ import logging
 
 from transformers import Trainer
 
-from ..command_line import ArgumentError, check_output_dir
+from ..command_line import ArgumentError, check_output_dir, finish_run, last_checkpoint, start_run
 from ..model_card import PIPELINE_TASKS, write_finetuned_model_card
 from .arguments import FinetuneDataArguments, FinetuneModelArguments, FinetuneTrainingArguments
 from .data import DEFAULT_DATASETS, DownstreamData, load_downstream_dataset, read_id2label
 from .metrics import ClassificationMetric, SegmentationMetric, whole_set_metric
-from .models import describe_protocol, image_processor_for, input_spec, load_model, summarise_keys
+from .models import describe_protocol, image_processor_for, input_spec, load_config, load_model, summarise_keys
 from .transforms import DownstreamTransform, build_transform, collate_downstream
 
 __all__ = ["run"]
@@ -57,9 +57,13 @@ def run(
     checked before the first step. Returns the final evaluation metrics.
     """
     task = model_args.task
-    check_output_dir(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint
+    check_output_dir(
+        training_args.output_dir, command="finetune", resume=resume, overwrite=training_args.overwrite_output_dir
+    )
+    config = load_config(model_args)  # a bad --model fails before the data is read
     data = load_data(model_args, data_args, training_args.seed)
-    model, new_keys = load_model(model_args, data.id2label, task)
+    model, new_keys = load_model(model_args, data.id2label, task, config=config)
     spec = input_spec(model_args, model)
     logger.info(
         "Newly initialised from %s: %s.", model_args.model, summarise_keys(new_keys) if new_keys else "nothing"
@@ -121,7 +125,9 @@ def run(
         processing_class=processor,
         compute_metrics=metric if training_args.batch_eval_metrics else whole_set_metric(metric),
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if trainer.is_world_process_zero():
+        start_run(training_args.output_dir, command="finetune", overwrite=training_args.overwrite_output_dir)
+    train_result = trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir, resume))
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
     metrics = trainer.evaluate()
@@ -130,6 +136,7 @@ def run(
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_metrics("eval", metrics)
         trainer.save_state()
+        finish_run(training_args.output_dir, keep_checkpoints=training_args.keep_checkpoints)
         height, width = spec.image_size
         write_finetuned_model_card(
             trainer,

@@ -8,6 +8,7 @@ evaluation saw.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import albumentations as A
@@ -85,6 +86,7 @@ def build_transform(
     )
 
 
+@dataclass
 class DownstreamTransform:
     """``datasets.Dataset.with_transform`` function: decode, augment and tensorise a batch of examples.
 
@@ -94,29 +96,19 @@ class DownstreamTransform:
     ``Compose(seed=...)`` would give every worker the same stream).
     """
 
-    def __init__(
-        self,
-        task: str,
-        transform: A.Compose,
-        *,
-        image_column: str,
-        label_column: str,
-        reduce_labels: bool = False,
-        ignore_index: int = 255,
-        seed: int = 0,
-        rank: int = 0,
-    ) -> None:
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        self.task = task
-        self.transform = transform
-        self.image_column = image_column
-        self.label_column = label_column
-        self.reduce_labels = reduce_labels
-        self.ignore_index = ignore_index
-        self.seed = seed
-        self.rank = rank
-        self._seeded_for: tuple | None = None
+    task: str
+    transform: A.Compose = field(repr=False)
+    image_column: str
+    label_column: str
+    reduce_labels: bool = False
+    ignore_index: int = 255
+    seed: int = 0
+    rank: int = 0
+    _seeded_for: tuple | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
 
     def _ensure_seeded(self) -> None:
         context = worker_context()
@@ -153,9 +145,6 @@ class DownstreamTransform:
             pixel_values.append(out["image"])
             labels.append(torch.as_tensor(out["mask"]).long())
         return {"pixel_values": pixel_values, "labels": labels}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(task={self.task!r}, seed={self.seed}, rank={self.rank})"
 
 
 def collate_downstream(examples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -6,16 +6,49 @@ Shared by pretraining (transform pairs), the benchmarks and probes (crops, model
 from __future__ import annotations
 
 import io
+import logging
 import os
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-__all__ = ["ImageLike", "to_rgb_uint8"]
+__all__ = ["DecodedImages", "ImageLike", "decode_images", "to_rgb_uint8"]
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | bytes | dict
+
+logger = logging.getLogger(__name__)
+
+
+class DecodedImages(NamedTuple):
+    """What :func:`decode_images` kept: the RGB uint8 arrays, their indices in the input, and how many it skipped."""
+
+    images: list[np.ndarray]
+    indices: list[int]
+    skipped: int
+
+
+def decode_images(images: Iterable[ImageLike], *, limit: int | None = None) -> DecodedImages:
+    """The decodable images of ``images`` as RGB uint8 arrays (at most ``limit``); an image that cannot be decoded
+    is skipped with a warning and counted, so one bad file does not end an evaluation. Give undecoded items
+    (``datasets.Image(decode=False)``) so that the failure happens here."""
+    decoded, kept, skipped = [], [], 0
+    for index, image in enumerate(images):
+        if limit is not None and len(decoded) >= limit:
+            break
+        try:
+            decoded.append(to_rgb_uint8(image, min_size=1))
+        except (OSError, ValueError, TypeError) as error:
+            skipped += 1
+            logger.warning(
+                "Skipping image %d, which cannot be decoded (%s); %d skipped so far.", index, error, skipped
+            )
+            continue
+        kept.append(index)
+    return DecodedImages(decoded, kept, skipped)
 
 
 def to_rgb_uint8(image: ImageLike, *, min_size: int = 32) -> np.ndarray:

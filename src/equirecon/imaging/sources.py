@@ -25,6 +25,7 @@ __all__ = [
     "find_image_column",
     "image_folder_to_parquet",
     "load_images",
+    "undecoded_images",
 ]
 
 #: File suffixes picked up by :func:`image_folder_to_parquet`.
@@ -181,6 +182,18 @@ def find_image_column(dataset: datasets.Dataset | datasets.IterableDataset, imag
         f"no image column found: the dataset has columns {columns} and none is a datasets.Image feature or one of "
         f"{list(_IMAGE_COLUMN_NAMES)}; pass image_column="
     )
+
+
+def undecoded_images(dataset: Any, column: str) -> list[Any]:
+    """The items of ``column`` as stored (bytes/path dicts for a ``datasets.Image`` column), so that a corrupt file
+    is found by :func:`~equirecon.imaging.decoding.decode_images` instead of ending the read; a plain sequence as
+    it is."""
+    if not isinstance(dataset, datasets.Dataset):
+        return list(dataset)
+    feature = dataset.features.get(column)
+    if isinstance(feature, datasets.Image) and feature.decode:
+        dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    return dataset[column]
 
 
 # ------------------------------------------------------------------------------------------------ conversion

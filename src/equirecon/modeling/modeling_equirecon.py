@@ -170,10 +170,16 @@ class EquiReconPreTrainedModel(PreTrainedModel):
 class EquiReconModel(EquiReconPreTrainedModel):
     """The EquiRecon encoder: a ViT-family backbone and the per-token head splitting invariant and equivariant parts."""
 
-    def __init__(self, config: EquiReconConfig):
+    def __init__(self, config: EquiReconConfig, add_projection: bool = True):
+        r"""
+        add_projection (`bool`, *optional*, defaults to `True`):
+            Build the per-token head that splits invariant and equivariant parts. The fine-tuning heads read the
+            encoder's tokens and leave it out, so that every parameter they hold gets a gradient (DDP needs no
+            `find_unused_parameters`).
+        """
         super().__init__(config)
         self.backbone = build_backbone(config)
-        self.projection = nn.Linear(config.hidden_size, config.d_patch)
+        self.projection = nn.Linear(config.hidden_size, config.d_patch) if add_projection else None
         self._backbone_takes_interpolate = _accepts_argument(self.backbone, "interpolate_pos_encoding")
         self.post_init()
 
@@ -208,9 +214,11 @@ class EquiReconModel(EquiReconPreTrainedModel):
             backbone_kwargs["interpolate_pos_encoding"] = interpolate_pos_encoding
         outputs = self.backbone(pixel_values, **backbone_kwargs)
         sequence_output = outputs.last_hidden_state
-        invariant, equivariant = self.projection(sequence_output).split(
-            [self.config.d_inv, self.config.d_equi], dim=-1
-        )
+        invariant = equivariant = None
+        if self.projection is not None:
+            invariant, equivariant = self.projection(sequence_output).split(
+                [self.config.d_inv, self.config.d_equi], dim=-1
+            )
         output = EquiReconModelOutput(
             last_hidden_state=sequence_output,
             pooler_output=sequence_output[:, 0],
@@ -360,7 +368,24 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
 
 class EquiReconDownstreamModel(EquiReconPreTrainedModel):
     """Shared behaviour of the fine-tuning heads: they load the encoder of any EquiRecon checkpoint (pretraining
-    decoders and SSL heads are dropped silently) and can freeze it for probing."""
+    decoders, SSL heads and the invariant/equivariant projection are dropped silently: a head reads the encoder's
+    tokens), can freeze it for probing, and share one `forward` (encode, then the subclass's `_predict`)."""
+
+    _keys_to_ignore_on_load_unexpected = [
+        *EquiReconPreTrainedModel._keys_to_ignore_on_load_unexpected,
+        r"^equirecon\.projection\.",
+    ]
+    #: The output class of `forward`.
+    _output_class: type[ModelOutput] = ModelOutput
+
+    def _build_encoder(self, config: EquiReconConfig) -> None:
+        self.num_labels = config.num_labels
+        self.equirecon = EquiReconModel(config, add_projection=False)
+
+    def _finish_init(self) -> None:
+        self.post_init()
+        if self.config.freeze_backbone:
+            self.freeze_backbone()
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any):
@@ -376,24 +401,14 @@ class EquiReconDownstreamModel(EquiReconPreTrainedModel):
         self.config.freeze_backbone = freeze
         self.equirecon.requires_grad_(not freeze)
 
-    def _encode(self, pixel_values: torch.Tensor, **kwargs: Any) -> EquiReconModelOutput:
-        return self.equirecon(pixel_values, return_dict=True, **kwargs)
+    def _needs_hidden_states(self) -> bool:
+        return False
 
-
-class EquiReconForImageClassification(EquiReconDownstreamModel):
-    """EquiRecon encoder with a linear classifier on the CLS token concatenated with the mean patch token, the
-    DINOv2 linear-evaluation recipe (as `Dinov2ForImageClassification`)."""
-
-    def __init__(self, config: EquiReconConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.equirecon = EquiReconModel(config)
-        self.classifier = (
-            nn.Linear(2 * config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        )
-        self.post_init()
-        if config.freeze_backbone:
-            self.freeze_backbone()
+    def _predict(
+        self, outputs: EquiReconModelOutput, pixel_values: torch.Tensor, labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(loss or None, logits) from the encoder's outputs."""
+        raise NotImplementedError
 
     def forward(
         self,
@@ -403,31 +418,61 @@ class EquiReconForImageClassification(EquiReconDownstreamModel):
         output_attentions: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
         return_dict: bool | None = None,
-    ) -> ImageClassifierOutput | tuple:
+    ) -> ModelOutput | tuple:
         r"""
-        labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor` of shape
-        `(batch_size, num_labels)`, *optional*):
-            Class indices (single-label), multi-hot targets (multi-label) or values (`num_labels == 1`: regression).
-            The loss follows `config.problem_type`, inferred from the labels when unset.
+        labels (`torch.LongTensor`, *optional*):
+            Classification: class indices `(batch_size,)` (single-label), multi-hot `(batch_size, num_labels)`
+            targets (multi-label) or values (`num_labels == 1`: regression); the loss follows `config.problem_type`.
+            Segmentation: a class index per pixel `(batch_size, height, width)`; `config.semantic_loss_ignore_index`
+            (255) marks pixels left out of the loss.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self._encode(
+        outputs = self.equirecon(
             pixel_values,
-            output_hidden_states=output_hidden_states,
+            output_hidden_states=True if self._needs_hidden_states() else output_hidden_states,
             output_attentions=output_attentions,
             interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
         )
-        sequence_output = outputs.last_hidden_state
-        patch_tokens = sequence_output[:, self.config.num_prefix_tokens :]
-        logits = self.classifier(torch.cat([sequence_output[:, 0], patch_tokens.mean(dim=1)], dim=-1))
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config)
-        output = ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        loss, logits = self._predict(outputs, pixel_values, labels)
+        output = self._output_class(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+
+class EquiReconForImageClassification(EquiReconDownstreamModel):
+    """EquiRecon encoder with a linear classifier on the CLS token concatenated with the mean patch token, the
+    DINOv2 linear-evaluation recipe (as `Dinov2ForImageClassification`)."""
+
+    _output_class = ImageClassifierOutput
+    _keys_to_ignore_on_load_missing = [r"^feature_norm\."]  # older checkpoints: the identity statistics
+
+    def __init__(self, config: EquiReconConfig):
+        super().__init__(config)
+        self._build_encoder(config)
+        # Per-feature standardisation over the batch (no parameters; running statistics at inference), as MAE's
+        # linear probe: an encoder's tokens share a large image-independent part (a 5-step tiny model: the images
+        # differ by 14% of the feature scale), which a plain linear head at fine-tuning learning rates needs hundreds
+        # of steps to see past. Checkpoints without it load as before (running mean 0, variance 1: the identity).
+        self.feature_norm = nn.BatchNorm1d(2 * config.hidden_size, affine=False)
+        self.classifier = (
+            nn.Linear(2 * config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
+        self._finish_init()
+
+    def _predict(
+        self, outputs: EquiReconModelOutput, pixel_values: torch.Tensor, labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        sequence_output = outputs.last_hidden_state
+        patch_tokens = sequence_output[:, self.config.num_prefix_tokens :]
+        features = torch.cat([sequence_output[:, 0], patch_tokens.mean(dim=1)], dim=-1)
+        logits = self.classifier(self.feature_norm(features))
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        return loss, logits
 
 
 class EquiReconLinearSegmentationHead(nn.Module):
@@ -498,67 +543,44 @@ class EquiReconForSemanticSegmentation(EquiReconDownstreamModel):
     """EquiRecon encoder with a linear or UPerNet segmentation head (`config.segmentation_head`). Logits come at the
     head's resolution; the loss upsamples them to the label size and ignores `semantic_loss_ignore_index`."""
 
+    _output_class = SemanticSegmenterOutput
+
     def __init__(self, config: EquiReconConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.equirecon = EquiReconModel(config)
+        self._build_encoder(config)
         if config.segmentation_head == "linear":
             self.head = EquiReconLinearSegmentationHead(config)
         else:
             self.head = EquiReconUperNetSegmentationHead(config)
-        self.post_init()
-        if config.freeze_backbone:
-            self.freeze_backbone()
+        self._finish_init()
+
+    def _needs_hidden_states(self) -> bool:
+        return self.config.segmentation_head == "upernet"
 
     def _feature_maps(self, outputs: EquiReconModelOutput, grid_size: tuple[int, int]) -> list[torch.Tensor]:
         """Patch tokens of the layers the head reads, as (B, hidden, h, w) maps."""
         if self.config.segmentation_head == "linear":
             states = [outputs.last_hidden_state]
-        else:
-            states = [outputs.hidden_states[i] for i in self.config.segmentation_out_indices]
+        else:  # each layer through the encoder's final norm, as `Dinov2Backbone` does (and so the norm is trained)
+            norm = getattr(self.equirecon.backbone, "layernorm", nn.Identity())
+            states = [norm(outputs.hidden_states[i]) for i in self.config.segmentation_out_indices]
         num_prefix = self.config.num_prefix_tokens
         return [s[:, num_prefix:].transpose(1, 2).reshape(s.shape[0], -1, *grid_size) for s in states]
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> SemanticSegmenterOutput | tuple:
-        r"""
-        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
-            Class index per pixel; `config.semantic_loss_ignore_index` (255) marks pixels left out of the loss.
-        """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+    def _predict(
+        self, outputs: EquiReconModelOutput, pixel_values: torch.Tensor, labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         if labels is not None and self.num_labels < 2:
             raise ValueError(f"Semantic segmentation needs num_labels >= 2, got {self.num_labels}.")
-        needs_layers = self.config.segmentation_head == "upernet"
-        outputs = self._encode(
-            pixel_values,
-            output_hidden_states=True if needs_layers else output_hidden_states,
-            output_attentions=output_attentions,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-        )
         patch = self.config.patch_size
         grid_size = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
-        feature_maps = self._feature_maps(outputs, grid_size)
-        logits, auxiliary_logits = self.head(feature_maps)
-
+        logits, auxiliary_logits = self.head(self._feature_maps(outputs, grid_size))
         loss = None
         if labels is not None:
             loss = self._segmentation_loss(logits, labels)
             if auxiliary_logits is not None:
                 loss = loss + self.config.auxiliary_loss_weight * self._segmentation_loss(auxiliary_logits, labels)
-        output = SemanticSegmenterOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
-            attentions=outputs.attentions,
-        )
-        return output if return_dict else output.to_tuple()
+        return loss, logits
 
     def _segmentation_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)

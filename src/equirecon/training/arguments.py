@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
+from ..command_line import RunOutputArguments
 from ..imaging.transformations import FAMILIES, TransformationConfig
 from .views import VIEW_PRESETS
 
@@ -50,7 +51,11 @@ class DataArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     train_split: str = field(default="train", metadata={"help": "Split to pretrain on."})
     validation_split: str | None = field(
-        default="validation", metadata={"help": "Held-out split for evaluation; None or missing: no evaluation."}
+        default="validation",
+        metadata={
+            "help": "Held-out split: held-out losses and the equivariance benchmark for the card. None, or a source "
+            "without it (a plain image folder): the run trains, skips both, and its card says it was not evaluated."
+        },
     )
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: found automatically)."})
     streaming: bool = field(default=False, metadata={"help": "Stream the training split instead of downloading it."})
@@ -60,9 +65,15 @@ class DataArguments:
     shuffle_buffer_size: int = field(default=1000, metadata={"help": "Shuffle buffer of the streamed dataset."})
     max_eval_samples: int = field(default=256, metadata={"help": "Transform pairs in the fixed evaluation set."})
 
+    def __post_init__(self) -> None:
+        if self.validation_split in ("None", "none", ""):  # the help's spelling of "no evaluation"
+            self.validation_split = None
+        if self.max_eval_samples < 1:
+            raise ValueError(f"--max_eval_samples must be >= 1, got {self.max_eval_samples}.")
+
 
 @dataclass
-class EquiReconTrainingArguments(TrainingArguments):
+class EquiReconTrainingArguments(RunOutputArguments, TrainingArguments):
     """`TrainingArguments` plus the method's own: the learning-rate scaling rule, the loss weights, the
     transformation g_θ and its ranges, K, and the base-view augmentations."""
 
@@ -122,6 +133,8 @@ class EquiReconTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         if self.dataloader_pin_memory and not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every loader otherwise
+        if self.max_steps < 1:  # the stream is endless: only max_steps ends the run
+            raise ValueError(f"--max_steps must be >= 1 (the training stream has no end), got {self.max_steps}.")
         super().__post_init__()
         if self.base_learning_rate is not None:
             self.learning_rate = self.base_learning_rate * self.effective_batch_size / 256

@@ -12,24 +12,26 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import ViTImageProcessorPil
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..command_line import (
     ArgumentError,
     check_output_dir,
+    finish_run,
+    last_checkpoint,
     parse_config_overrides,
+    start_run,
 )
 from ..imaging.context import center_crop
 from ..imaging.sources import find_image_column, load_images
 from ..imaging.transformations import TransformationConfig, make_transformed_pair
-from ..model_card import RUN_FILE, write_model_card
+from ..model_card import EQUIVARIANCE_FILE, RUN_FILE, write_model_card
 from ..modeling import EquiReconConfig, EquiReconForPreTraining
 from ..modeling.modeling_equirecon import masked_mse
 from .arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
@@ -115,7 +117,11 @@ def build_datasets(
                 data_args.dataset, split=data_args.validation_split, streaming=False, **load_kwargs
             )
         except (ValueError, FileNotFoundError) as error:
-            logger.warning("No evaluation split %r (%s): skipping evaluation.", data_args.validation_split, error)
+            logger.warning(
+                "No validation split %r (%s): training without held-out losses or the equivariance benchmark.",
+                data_args.validation_split,
+                str(error).splitlines()[0],
+            )
             return train, None
         stream = build_transform_pair_dataset(
             eval_images,
@@ -241,7 +247,10 @@ def run(
             "equirecon.training.pretrain.run alone needs EvaluationArguments(equivariance_benchmark=False)"
         )
     started = time.time()
-    check_output_dir(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint
+    check_output_dir(
+        training_args.output_dir, command="pretrain", resume=resume, overwrite=training_args.overwrite_output_dir
+    )
     model = build_model(model_args, training_args)
     config = model.config
     try:
@@ -250,6 +259,9 @@ def run(
         raise ArgumentError(str(error)) from error
     config.transformation = transformation.to_dict()
     train_dataset, eval_dataset = build_datasets(data_args, training_args, transformation, config.image_size)
+    if eval_dataset is None and data_args.validation_split:  # the source has no such split: record that
+        data_args = replace(data_args, validation_split=None)
+        wants_benchmark = False
 
     # The PIL processor saves as "ViTImageProcessor" too (AutoImageProcessor picks torchvision where installed), and
     # needs no torchvision here.
@@ -281,10 +293,9 @@ def run(
         training_args.learning_rate,
         training_args.max_steps,
     )
-    resume = training_args.resume_from_checkpoint
-    if resume == "last":
-        resume = get_last_checkpoint(training_args.output_dir)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    if trainer.is_world_process_zero():
+        start_run(training_args.output_dir, command="pretrain", overwrite=training_args.overwrite_output_dir)
+    train_result = trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir, resume))
     trainer.save_model()
     metrics = dict(train_result.metrics)
     if eval_dataset:
@@ -335,9 +346,12 @@ def run(
             )
             metrics.update({f"equivariance_r2_{name}": value for name, value in equivariance["r2"].items()})
             metrics["equivariance_r2_mean"] = equivariance["mean_r2"]
+        else:  # the card shows only this run's results
+            (output_dir / EQUIVARIANCE_FILE).unlink(missing_ok=True)
         record["metrics"] = metrics
         record["wall_time_seconds"] = time.time() - started
         (output_dir / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
+        finish_run(output_dir, keep_checkpoints=training_args.keep_checkpoints)
         card = write_model_card(output_dir)
         logger.info("Wrote %s; the model loads with AutoModel.from_pretrained(%r).", card, str(output_dir))
     return metrics

@@ -59,5 +59,5 @@ class RSquared(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, multioutput="global"):
-        value = r2_score(predictions, references, multioutput=multioutput)
+        value = r2_score(y_true=references, y_pred=predictions, multioutput=multioutput)
         return {"r_squared": value.tolist() if hasattr(value, "tolist") else value}
