@@ -171,16 +171,20 @@ def score_feature_pairs(
     )
     predictions = model.predict(pairs[num_train:])
     targets = params[num_train:]
-    scores = {convention: r2_score(predictions, targets, multioutput=convention) for convention in MULTIOUTPUT}
-    per_parameter = r2_score(predictions, targets, multioutput="raw_values")
-    train_r2 = r2_score(model.predict(pairs[:num_train]), params[:num_train], multioutput=multioutput)
+    scores = {
+        convention: r2_score(y_true=targets, y_pred=predictions, multioutput=convention) for convention in MULTIOUTPUT
+    }
+    per_parameter = r2_score(y_true=targets, y_pred=predictions, multioutput="raw_values")
+    train_r2 = r2_score(y_true=params[:num_train], y_pred=model.predict(pairs[:num_train]), multioutput=multioutput)
     shuffled_r2 = None
     if shuffled_control:
         permutation = torch.from_numpy(np.random.default_rng([seed, 3]).permutation(num_train))
         control = fit_mlp_regressor(
             pairs[:num_train], params[:num_train][permutation], regressor, seed=seed, device=device, progress=False
         )
-        shuffled_r2 = float(r2_score(control.predict(pairs[num_train:]), targets, multioutput=multioutput))
+        shuffled_r2 = float(
+            r2_score(y_true=targets, y_pred=control.predict(pairs[num_train:]), multioutput=multioutput)
+        )
     return FamilyResult(
         family=family,
         parameter_names=names,
