@@ -204,7 +204,7 @@ def build_model_card(model_dir: str | Path, model_name: str | None = None, repo_
     directory = Path(model_dir)
     config = _read_json(directory / "config.json")
     if config is None:
-        raise ValueError(f"{directory} has no config.json; is it a model directory?")
+        raise ValueError(f"{directory} has no EquiRecon config.json; is it a model directory?")
     task = _model_task(config)
     run = _read_json(directory / RUN_FILE)
     repo_id = repo_id or str(directory)
