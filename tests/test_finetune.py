@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation, pipeline
 
 from equirecon import EquiReconForPreTraining
+from equirecon.cli import main as cli_main
 from equirecon.commands.finetune import main, parse_arguments
 from equirecon.evaluation.loading import InputSpec
 from equirecon.finetuning import data as dd
@@ -139,6 +140,8 @@ def test_linear_probe_writes_a_complete_model_directory(classification_run, chec
     index = {r.metric_type: r for r in ModelCard.load(output / "README.md").data.eval_results}
     assert index["accuracy"].metric_value == pytest.approx(results["eval_accuracy"])
     assert (index["accuracy"].task_type, index["accuracy"].dataset_split) == ("image-classification", "validation")
+    (output / "README.md").unlink()  # the one card builder rebuilds it from the directory alone
+    assert cli_main(["model-card", str(output)]) == 0 and (output / "README.md").read_text() == card
 
 
 def test_accuracy_matches_a_direct_evaluation(classification_run):

@@ -14,7 +14,7 @@ from PIL import Image, ImageEnhance
 from scipy.ndimage import gaussian_filter
 from skimage.color import hsv2rgb, rgb2hsv
 
-from equirecon.imaging import transformations
+from equirecon.imaging import kernels
 from equirecon.imaging.transformations import (
     BLUR_IDENTITY_SIGMA,
     FAMILIES,
@@ -379,13 +379,13 @@ def test_transformed_pair_is_interpolated_in_parameter_space(family):
 
 def test_transformed_pair_is_one_batched_warp(monkeypatch):
     calls = []
-    grid_sample = transformations.F.grid_sample
+    grid_sample = kernels.F.grid_sample  # the warp lives in kernels.py since the split
 
     def counting_grid_sample(x, *args, **kwargs):
         calls.append(x.shape[0])
         return grid_sample(x, *args, **kwargs)
 
-    monkeypatch.setattr(transformations.F, "grid_sample", counting_grid_sample)
+    monkeypatch.setattr(kernels.F, "grid_sample", counting_grid_sample)
     base = torch.rand(4, 3, 16, 16)
     make_transformed_pair(base, random_params(CONFIGS["se2"], 4), CONFIGS["se2"], num_intermediates=2)
     assert calls == [4 * 3]  # v2 and both targets of every example in one call

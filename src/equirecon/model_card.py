@@ -1,20 +1,30 @@
-"""Model cards for what equirecon trains, built from a run directory's measured results (never typed by hand).
+"""Model cards for what equirecon trains, built from a model directory's files (never typed by hand).
 
-Sources in the directory: `config.json`, `equirecon_run.json` (written by `equirecon pretrain`), and
-`equivariance_results.json` (the equivariance benchmark, written by `equirecon pretrain` or
-`equirecon evaluate equivariance --output`, with its `model-index` entries under `eval_results`).
+One builder, `build_model_card(DIR)` (`write_model_card` saves it as `DIR/README.md`), for every kind of directory;
+the config's `architectures` tell the kind, and the kind says which files the card is read from:
+
+- a pretrained encoder (`EquiReconForPreTraining`, `EquiReconModel`): `config.json`, `equirecon_run.json` (written by
+  `equirecon pretrain`) and `equivariance_results.json` (the equivariance benchmark, written by `equirecon pretrain`
+  or `equirecon evaluate equivariance --output`, with its `model-index` entries under `eval_results`);
+- a fine-tuned model (`…ForImageClassification`, `…ForSemanticSegmentation`): `config.json`, `equirecon_run.json`
+  (written by `equirecon finetune`: base model, protocol, data, measured metrics, hyperparameters, training log).
+
+Every card has the same metadata (license, library, pipeline tag of its task, tags, model-index), summary, model
+description, usage snippet, the sections of its kind (training recipe and equivariance benchmark; data, results
+and training procedure) and limitations, in the one template `templates/model_card.md`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers.modelcard import make_markdown_table, parse_log_history
 
 RUN_FILE = "equirecon_run.json"
 EQUIVARIANCE_FILE = "equivariance_results.json"
@@ -148,67 +158,82 @@ def _evaluation_summary(equivariance: dict[str, Any] | None) -> str:
     )
 
 
+#: The pipeline task of each kind of model directory.
+PIPELINE_TASKS = {
+    "pretraining": "image-feature-extraction",
+    "classification": "image-classification",
+    "segmentation": "image-segmentation",
+}
+_HEAD_TASKS = {"ForImageClassification": "classification", "ForSemanticSegmentation": "segmentation"}
+# Metrics written to a fine-tuned model's model-index: (key without "eval_", display name).
+_CARD_METRICS = {
+    "classification": [("accuracy", "Accuracy"), ("mean_class_accuracy", "Mean per-class accuracy")],
+    "segmentation": [
+        ("mean_iou", "Mean IoU"),
+        ("mean_accuracy", "Mean accuracy"),
+        ("overall_accuracy", "Pixel accuracy"),
+    ],
+}
+
+
+@dataclass
+class _CardContent:
+    """What every card says, whatever the kind of model; the template lays it out."""
+
+    tags: list[str]
+    summary: str
+    description: str
+    usage: str
+    sections: str
+    limitations: str
+    eval_results: list[EvalResult] | None
+    datasets: list[str] | None = None
+    metrics: list[str] | None = None
+    base_model: str | None = None
+    license: str | None = "apache-2.0"
+
+
+def _model_task(config: dict[str, Any]) -> str:
+    """`pretraining`, `classification` or `segmentation`: what the saved architecture was trained for."""
+    architecture = (config.get("architectures") or [""])[0]
+    return next((task for suffix, task in _HEAD_TASKS.items() if architecture.endswith(suffix)), "pretraining")
+
+
 def build_model_card(model_dir: str | Path, model_name: str | None = None, repo_id: str | None = None) -> ModelCard:
-    """The card of a saved EquiRecon model directory."""
+    """The card of a model directory written by `equirecon pretrain`, `equirecon finetune` or save_pretrained."""
     directory = Path(model_dir)
     config = _read_json(directory / "config.json")
-    if config is None or config.get("model_type") != "equirecon":
-        raise ValueError(
-            f"{directory} has no EquiRecon config.json (model_type 'equirecon'); is it a model directory?"
-        )
+    if config is None:
+        raise ValueError(f"{directory} has no EquiRecon config.json; is it a model directory?")
+    task = _model_task(config)
     run = _read_json(directory / RUN_FILE)
-    equivariance = _read_json(directory / EQUIVARIANCE_FILE)
-    backbone = config["backbone_config"]
-    transformation = config.get("transformation") or {"family": "se2"}
-    objective = _OBJECTIVE_NAMES.get(config["ssl_objective"], config["ssl_objective"])
-    dataset = (run or {}).get("data_arguments", {}).get("dataset", "embedded")
+    repo_id = repo_id or str(directory)
+    if task == "pretraining":
+        content = _pretrained_content(directory, config, run, repo_id)
+    else:
+        content = _finetuned_content(directory, config, task, run, repo_id)
     name = model_name or directory.resolve().name
-
     card_data = ModelCardData(
-        license="apache-2.0",
+        license=content.license,
         library_name="transformers",
-        pipeline_tag="image-feature-extraction",
-        tags=[
-            "vision",
-            "self-supervised-learning",
-            "equivariance",
-            "equirecon",
-            "custom_code",
-            config["ssl_objective"],
-        ],
-        datasets=[dataset] if dataset != "embedded" else None,
+        pipeline_tag=PIPELINE_TASKS[task],
+        tags=content.tags,
+        datasets=content.datasets,
+        metrics=content.metrics,
+        base_model=content.base_model,
         model_name=name,
-        # Written next to the results by the benchmark itself (EquivarianceResult.to_eval_results).
-        eval_results=[EvalResult(**entry) for entry in (equivariance or {}).get("eval_results", [])] or None,
+        eval_results=content.eval_results,
     )
     template = resources.files("equirecon").joinpath("templates/model_card.md").read_text()
-    d_patch, d_equi = config["d_patch"], config["d_equi"]
     return ModelCard.from_template(
         card_data,
         template_str=template,
         model_name=name,
-        repo_id=repo_id or str(directory),
-        backbone_type=backbone["model_type"],
-        num_layers=backbone["num_hidden_layers"],
-        hidden_size=backbone["hidden_size"],
-        patch_size=backbone["patch_size"],
-        image_size=backbone["image_size"],
-        ssl_objective_name=objective,
-        d_patch=d_patch,
-        d_inv=d_patch - d_equi,
-        d_equi=d_equi,
-        num_intermediates=config["num_intermediates"],
-        reconstruction_weight=config["reconstruction_weight"],
-        transformation_family=transformation["family"],
-        transformation_ranges=_transformation_ranges(transformation),
-        training_summary=_training_summary(run),
-        evaluation_summary=_evaluation_summary(equivariance),
-        limitations=(
-            "- Pretrained at small scale unless the training section says otherwise: the paper's effect sizes "
-            "(ImageNet-1k, 800 epochs) are not to be expected from a CPU run; read the measured R² above.\n"
-            "- Equivariance is learned only for the transformation family it was trained with, within its ranges.\n"
-            "- The invariant part inherits the biases of the pretraining images."
-        ),
+        summary=content.summary,
+        description=content.description,
+        usage=content.usage,
+        sections=content.sections,
+        limitations=content.limitations,
     )
 
 
@@ -220,93 +245,166 @@ def write_model_card(model_dir: str | Path, model_name: str | None = None, repo_
     return path
 
 
-# ------------------------------------------------------------------------------------------- fine-tuned models
-
-#: The pipeline task of each fine-tuning task.
-PIPELINE_TASKS = {"classification": "image-classification", "segmentation": "image-segmentation"}
-# Metrics written to the model card's model-index: (key without "eval_", display name).
-_CARD_METRICS = {
-    "classification": [("accuracy", "Accuracy"), ("mean_class_accuracy", "Mean per-class accuracy")],
-    "segmentation": [
-        ("mean_iou", "Mean IoU"),
-        ("mean_accuracy", "Mean accuracy"),
-        ("overall_accuracy", "Pixel accuracy"),
-    ],
-}
+# ----------------------------------------------------------------------------------------------- pretrained encoders
 
 
-def write_finetuned_model_card(
-    trainer: Any,
-    *,
-    task: str,
-    base_model: str,
-    linear_probe: bool,
-    description: str,
-    data: Any,
-    metrics: dict[str, float],
-) -> Path:
-    """The card of a fine-tuned model: ``Trainer.create_model_card`` (hyperparameters, training log, framework
-    versions, model-index), with its "More information needed" sections filled from the run: what was fine-tuned
-    how (``description``), on which data (``data``: ``name``, ``description``, ``eval_split``, ``id2label``,
-    ``builtin``), with which measured results (``metrics``, Trainer's ``eval_*``)."""
-    local_base = os.path.isdir(base_model)
-    tags = ["equirecon", "vision", PIPELINE_TASKS[task], "linear-probe" if linear_probe else "fine-tuned"]
-    trainer.create_model_card(
-        model_name=Path(trainer.args.output_dir).name,
-        finetuned_from=None if local_base else base_model,
-        tasks=PIPELINE_TASKS[task],
-        dataset=data.name,
-        dataset_tags=data.name,  # without a tag Trainer writes an empty model-index
-        tags=tags,
+def _pretrained_content(
+    directory: Path, config: dict[str, Any], run: dict[str, Any] | None, repo_id: str
+) -> _CardContent:
+    if config.get("model_type") != "equirecon":
+        raise ValueError(
+            f"{directory} has no EquiRecon config.json (model_type 'equirecon'); is it a model directory?"
+        )
+    equivariance = _read_json(directory / EQUIVARIANCE_FILE)
+    backbone = config["backbone_config"]
+    transformation = config.get("transformation") or {"family": "se2"}
+    objective = _OBJECTIVE_NAMES.get(config["ssl_objective"], config["ssl_objective"])
+    dataset = (run or {}).get("data_arguments", {}).get("dataset", "embedded")
+    d_patch, d_equi = config["d_patch"], config["d_equi"]
+    hidden_size, k = backbone["hidden_size"], config["num_intermediates"]
+    return _CardContent(
+        tags=[
+            "vision",
+            "self-supervised-learning",
+            "equivariance",
+            "equirecon",
+            "custom_code",
+            config["ssl_objective"],
+        ],
+        datasets=[dataset] if dataset != "embedded" else None,
+        # Written next to the results by the benchmark itself (EquivarianceResult.to_eval_results).
+        eval_results=[EvalResult(**entry) for entry in (equivariance or {}).get("eval_results", [])] or None,
+        summary=(
+            f"An EquiRecon encoder: a {backbone['model_type']} Vision Transformer ({backbone['num_hidden_layers']} "
+            f"layers, hidden size {hidden_size},\npatch {backbone['patch_size']}, {backbone['image_size']}×"
+            f"{backbone['image_size']} inputs) pretrained with {objective} plus the\ntransformed-image reconstruction "
+            "task of *Self-Supervised Learning Based on Transformed Image Reconstruction for\nEquivariance-Coherent "
+            "Feature Representation* (Wang et al., AAAI 2026)."
+        ),
+        description=(
+            f"A per-token linear head maps the encoder's tokens to {d_patch} channels, split in two:\n\n"
+            "| part | channels | trained by | in the outputs |\n|---|---|---|---|\n"
+            f"| invariant | {d_patch - d_equi} (first) | {objective} on the mean of the patch tokens | "
+            "`invariant_embeds` |\n"
+            f"| equivariant | {d_equi} (last) | {k} decoders reconstructing the images at θ·k/{k + 1}, k = 1..{k} | "
+            "`equivariant_embeds` |\n\n"
+            f"The invariant part is meant to ignore the transformation g = **{transformation['family']}**\n"
+            f"({_transformation_ranges(transformation)}); the equivariant part to keep it, coherently with how the "
+            f"image changes.\nReconstruction weight λ = {config['reconstruction_weight']}."
+        ),
+        usage=(
+            "```python\nimport torch\nfrom transformers import AutoImageProcessor, AutoModel\n\n"
+            f'processor = AutoImageProcessor.from_pretrained("{repo_id}")\n'
+            f'model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)  # or `pip install equirecon` '
+            "and `import equirecon`\n"
+            'inputs = processor(images=image, return_tensors="pt")\nwith torch.no_grad():\n'
+            f"    outputs = model(**inputs)\ncls = outputs.pooler_output                 # (1, {hidden_size})\n"
+            f"invariant = outputs.invariant_embeds        # (1, tokens, {d_patch - d_equi})\n"
+            f"equivariant = outputs.equivariant_embeds    # (1, tokens, {d_equi})\n```\n\n"
+            "`AutoModelForImageClassification` and `AutoModelForSemanticSegmentation` load the same weights with a "
+            f"new head\n(`equirecon finetune classification|segmentation --model {repo_id}`)."
+        ),
+        sections=(
+            f"## Training data and recipe\n\n{_training_summary(run)}\n\n"
+            f"## Evaluation\n\n{_evaluation_summary(equivariance)}"
+        ),
+        limitations=(
+            "- Pretrained at small scale unless the training section says otherwise: the paper's effect sizes "
+            "(ImageNet-1k, 800 epochs) are not to be expected from a CPU run; read the measured R² above.\n"
+            "- Equivariance is learned only for the transformation family it was trained with, within its ranges.\n"
+            "- The invariant part inherits the biases of the pretraining images."
+        ),
     )
-    path = Path(trainer.args.output_dir) / "README.md"
-    card = path.read_text()
-    base = f"the local checkpoint `{base_model}`" if local_base else f"`{base_model}`"
+
+
+# ------------------------------------------------------------------------------------------------ fine-tuned models
+
+
+def _finetuned_content(
+    directory: Path, config: dict[str, Any], task: str, run: dict[str, Any] | None, repo_id: str
+) -> _CardContent:
+    """From the record of `equirecon finetune`: which model was fine-tuned from which base how (``description``),
+    on which data (``data``: ``name``, ``description``, ``eval_split``, ``builtin``), with which measured results
+    (``metrics``, Trainer's ``eval_*``), hyperparameters, Trainer's log and framework versions."""
+    if run is None or run.get("command") != "finetune":
+        raise ValueError(
+            f"{directory} holds a {task} model but no {RUN_FILE} written by `equirecon finetune`; the card of a "
+            "fine-tuned model is written by the run that trained it."
+        )
+    base_model, data, metrics = run["base_model"], run["data"], run["metrics"]
+    base = (
+        f"the local checkpoint `{base_model}`"
+        if run["local_base"]
+        else f"[`{base_model}`](https://huggingface.co/{base_model})"
+    )
+    _, lines, final = parse_log_history(run["log_history"])
+    results = "".join(f"\n- {name}: {_round(value)}" for name, value in (final or {}).items())
     default_note = (
         " No `--dataset` was given, so the built-in offline default was used; the figures show that the pipeline "
         "works, not what the encoder is worth on real data."
-        if data.builtin
+        if data["builtin"]
         else ""
     )
-    description = f"{type(trainer.model).__name__} fine-tuned from {base}: {description}"
-    uses = (
-        f"```python\nimport equirecon  # or trust_remote_code=True without the package\nfrom transformers import "
-        f'pipeline\n\npipe = pipeline("{PIPELINE_TASKS[task]}", model="{trainer.args.output_dir}")\n```'
+    id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
+    procedure = (
+        "### Training hyperparameters\n\nThe following hyperparameters were used during training:\n"
+        + "\n".join(f"- {name}: {value}" for name, value in run["hyperparameters"].items())
     )
-    data_text = f"{data.description}.{default_note}"
-    results = _results_table(task, data.id2label, metrics)
-    replacements = {
-        "trained from scratch on": f"fine-tuned from {base} on",
-        "## Model description\n\nMore information needed": f"## Model description\n\n{description}",
-        "## Intended uses & limitations\n\nMore information needed": f"## Intended uses & limitations\n\n{uses}",
-        "## Training and evaluation data\n\nMore information needed": (
-            f"## Training and evaluation data\n\n{data_text}\n\n{results}"
+    if lines:
+        procedure += f"\n\n### Training results\n\n{make_markdown_table(lines)}"
+    procedure += "\n\n### Framework versions\n\n" + "\n".join(
+        f"- {name} {version}" for name, version in run["framework_versions"].items()
+    )
+    is_equirecon = config.get("model_type") == "equirecon"
+    return _CardContent(
+        license="apache-2.0" if is_equirecon else None,  # another architecture keeps its own licence
+        tags=[
+            *("equirecon", "vision", PIPELINE_TASKS[task]),
+            *("linear-probe" if run["linear_probe"] else "fine-tuned", "generated_from_trainer"),
+        ],
+        datasets=[data["name"]],
+        metrics=[_CARD_METRICS[task][0][0]],
+        base_model=None if run["local_base"] else base_model,
+        # Trainer's model-index only knows a fixed list of metric names (no mean IoU): ours lists the task's own.
+        eval_results=[
+            EvalResult(
+                task_type=PIPELINE_TASKS[task],
+                task_name=PIPELINE_TASKS[task].replace("-", " ").capitalize(),
+                dataset_type=data["name"],
+                dataset_name=data["name"],
+                dataset_split=data["eval_split"],
+                metric_type=metric,
+                metric_name=label,
+                metric_value=float(metrics[f"eval_{metric}"]),
+            )
+            for metric, label in _CARD_METRICS[task]
+            if math.isfinite(metrics.get(f"eval_{metric}", float("nan")))
+        ]
+        or None,
+        summary=f"This model was fine-tuned from {base} on the {data['name']} dataset."
+        + (f"\nIt achieves the following results on the evaluation set:{results}" if results else ""),
+        description=f"{(config.get('architectures') or ['A model'])[0]} fine-tuned from {base}: {run['description']}",
+        usage=(
+            "```python\nimport equirecon  # or trust_remote_code=True without the package\nfrom transformers import "
+            f'pipeline\n\npipe = pipeline("{PIPELINE_TASKS[task]}", model="{repo_id}")\n```'
         ),
-    }
-    for old, new in replacements.items():
-        if old in card:
-            card = card.replace(old, new, 1)
-        elif old.startswith("##"):  # a future transformers changed its template: keep the information anyway
-            card += f"\n{new}\n"
-    model_card = ModelCard(card)
-    # Trainer's model-index only knows a fixed list of metric names (no mean IoU): write our own results.
-    model_card.data.eval_results = [
-        EvalResult(
-            task_type=PIPELINE_TASKS[task],
-            task_name=PIPELINE_TASKS[task].replace("-", " ").capitalize(),
-            dataset_type=data.name,
-            dataset_name=data.name,
-            dataset_split=data.eval_split,
-            metric_type=metric,
-            metric_name=label,
-            metric_value=float(metrics[f"eval_{metric}"]),
-        )
-        for metric, label in _CARD_METRICS[task]
-        if math.isfinite(metrics.get(f"eval_{metric}", float("nan")))
-    ]
-    model_card.data.model_name = Path(trainer.args.output_dir).name
-    model_card.save(path)
-    return path
+        sections=(
+            f"## Training and evaluation data\n\n{data['description']}.{default_note}\n\n"
+            f"{_results_table(task, id2label, metrics)}\n\n## Training procedure\n\n{procedure}"
+        ),
+        limitations=(
+            f"- Measured on the `{data['eval_split']}` split of {data['name']} only; other data will score "
+            "differently.\n"
+            f"- The encoder carries what {base} learnt, biases included"
+            + (" (a linear probe leaves it unchanged)." if run["linear_probe"] else ".")
+        ),
+    )
+
+
+def _round(value: Any) -> str:
+    """As Trainer's card: floats with more than 4 decimals to 4."""
+    decimals = str(value).split(".")
+    return f"{value:.4f}" if isinstance(value, float) and len(decimals) > 1 and len(decimals[1]) > 4 else str(value)
 
 
 def _results_table(task: str, id2label: dict[int, str], metrics: dict[str, float]) -> str:

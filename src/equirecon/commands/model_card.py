@@ -1,5 +1,6 @@
-"""`equirecon model-card DIR`: (re)write the model card of a saved EquiRecon model directory from its measured
-results, with the argument style of the other commands (dataclass flags, `--config` recipes, one-line errors)."""
+"""`equirecon model-card DIR`: (re)write the model card of a model directory written by `equirecon pretrain`,
+`equirecon finetune` or save_pretrained, from its measured results, with the argument style of the other commands
+(dataclass flags, `--config` recipes, one-line errors)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ class ModelCardArguments:
 
     model_dir: str | None = field(
         default=None,
-        metadata={"help": "Directory written by `equirecon pretrain` or save_pretrained (also positional)."},
+        metadata={
+            "help": "Directory written by `equirecon pretrain`, `equirecon finetune` or save_pretrained (also positional)."
+        },
     )
     model_name: str | None = field(default=None, metadata={"help": "Title of the card (default: the directory name)."})
     repo_id: str | None = field(
@@ -38,7 +41,7 @@ def parse_arguments(argv: list[str]) -> tuple[ModelCardArguments]:
                 parser,
                 usage="equirecon model-card DIR [--model_name NAME] [--repo_id ID]",
                 description="(Re)write README.md, the model card, from the directory's config and measured results "
-                "(equirecon_run.json, equivariance_results.json).",
+                "(equirecon_run.json, and equivariance_results.json for a pretrained encoder).",
                 example="equirecon model-card runs/equirecon-tiny --repo_id me/equirecon-tiny",
                 own=(ModelCardArguments,),
             )

@@ -198,8 +198,25 @@ def load_labelled_dataset(
     seed: int = 0,
 ) -> datasets.DatasetDict:
     """Labelled ``train`` and ``validation`` splits of ``source`` by the split rule of this module."""
+    dataset, _, _ = _load_and_split(
+        source, train_split, eval_split, validation_fraction, label_column, config_name, seed
+    )
+    return dataset
+
+
+def _load_and_split(
+    source: Any,
+    train_split: str,
+    eval_split: str | None,
+    validation_fraction: float,
+    label_column: str | None,
+    config_name: str | None,
+    seed: int,
+) -> tuple[datasets.DatasetDict, str, bool]:
+    """:func:`load_labelled_splits` then :func:`split_labelled`: ``train`` and ``validation``, where the validation
+    examples come from, and whether that is a split of ``source`` (rather than held out of the training split)."""
     splits = load_labelled_splits(source, config_name=config_name)
-    dataset, _ = split_labelled(
+    dataset, where = split_labelled(
         splits,
         train_split=train_split,
         eval_split=eval_split,
@@ -207,7 +224,7 @@ def load_labelled_dataset(
         label_column=label_column,
         seed=seed,
     )
-    return dataset
+    return dataset, where, where in splits
 
 
 def _subsample(indices: np.ndarray, max_images: int | None, seed: int) -> np.ndarray:
@@ -258,15 +275,7 @@ def load_labelled_images(
         seed: seeds the held-out split of a source without one, and the subsets.
     """
     builtin = resolve_builtin_name(source)
-    splits = load_labelled_splits(source)
-    dataset, held_out = split_labelled(
-        splits,
-        train_split=split,
-        eval_split=test_split,
-        validation_fraction=test_fraction,
-        label_column=label_column,
-        seed=seed,
-    )
+    dataset, held_out, named = _load_and_split(source, split, test_split, test_fraction, label_column, None, seed)
     train_set, test_set = dataset["train"], dataset["validation"]
     for name, part in (("train", train_set), ("test", test_set)):
         if not isinstance(part, datasets.Dataset):
@@ -280,7 +289,7 @@ def load_labelled_images(
         description = BUILTIN_LABELLED_SETS[builtin]
     else:
         description = f"{source} (split {split!r}, " + (
-            f"test split {held_out!r})" if test_split or held_out in splits else f"{held_out} held out)"
+            f"test split {held_out!r})" if named else f"{held_out} held out)"
         )
     train = decode_images(undecoded_images(train_set.select(train_idx), column))
     test = decode_images(undecoded_images(test_set.select(test_idx), column))

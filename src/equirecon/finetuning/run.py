@@ -3,12 +3,22 @@ directory (model, image processor, metrics, model card)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from pathlib import Path
+from typing import Any
 
+import datasets
+import tokenizers
+import torch
+import transformers
 from transformers import Trainer
+from transformers.modelcard import extract_hyperparameters_from_trainer
 
 from ..command_line import ArgumentError, check_output_dir, finish_run, last_checkpoint, start_run
-from ..model_card import PIPELINE_TASKS, write_finetuned_model_card
+from ..evaluation.loading import InputSpec
+from ..model_card import PIPELINE_TASKS, RUN_FILE, write_model_card
 from .arguments import FinetuneDataArguments, FinetuneModelArguments, FinetuneTrainingArguments
 from .data import DEFAULT_DATASETS, DownstreamData, load_downstream_dataset, read_id2label
 from .metrics import ClassificationMetric, SegmentationMetric, whole_set_metric
@@ -137,20 +147,9 @@ def run(
         trainer.save_metrics("eval", metrics)
         trainer.save_state()
         finish_run(training_args.output_dir, keep_checkpoints=training_args.keep_checkpoints)
-        height, width = spec.image_size
-        write_finetuned_model_card(
-            trainer,
-            task=task,
-            base_model=model_args.model,
-            linear_probe=model_args.freeze_backbone,
-            description=(
-                f"{describe_protocol(model_args, model)}. Inputs are {height}×{width}, normalised with mean "
-                f"{list(spec.image_mean)} and std {list(spec.image_std)} (the saved image processor does this). "
-                f"Training augmentation: {augmentation}."
-            ),
-            data=data,
-            metrics=metrics,
-        )
+        record = _run_record(trainer, model_args, spec, augmentation, data, metrics)
+        (Path(training_args.output_dir) / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
+        write_model_card(training_args.output_dir)
     headline = "eval_accuracy" if task == "classification" else "eval_mean_iou"
     logger.info(
         "Saved the fine-tuned model to %s (%s = %.4f); use it with pipeline(%r, model=%r).",
@@ -173,3 +172,42 @@ def _augmentation_summary(
         f"random rescaling by {scale_range[0]:g}-{scale_range[1]:g}, padding (labels: {ignore_index}, ignored) and "
         f"random crops to the input size, {flips}"
     )
+
+
+def _run_record(
+    trainer: Trainer,
+    model_args: FinetuneModelArguments,
+    spec: InputSpec,
+    augmentation: str,
+    data: DownstreamData,
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    """What the model card of a fine-tuned model is built from (`equirecon_run.json`): the base model and protocol,
+    the data, the measured results, the hyperparameters, the training log and the framework versions."""
+    height, width = spec.image_size
+    return {
+        "command": "finetune",
+        "base_model": model_args.model,
+        "local_base": os.path.isdir(model_args.model),
+        "linear_probe": model_args.freeze_backbone,
+        "description": (
+            f"{describe_protocol(model_args, trainer.model)}. Inputs are {height}×{width}, normalised with mean "
+            f"{list(spec.image_mean)} and std {list(spec.image_std)} (the saved image processor does this). "
+            f"Training augmentation: {augmentation}."
+        ),
+        "data": {
+            "name": data.name,
+            "description": data.description,
+            "eval_split": data.eval_split,
+            "builtin": data.builtin,
+        },
+        "metrics": metrics,
+        "hyperparameters": extract_hyperparameters_from_trainer(trainer),
+        "log_history": trainer.state.log_history,  # in logging order (trainer_state.json sorts the keys)
+        "framework_versions": {
+            "Transformers": transformers.__version__,
+            "Pytorch": torch.__version__,
+            "Datasets": datasets.__version__,
+            "Tokenizers": tokenizers.__version__,
+        },
+    }
