@@ -112,7 +112,14 @@ def test_ctrl_c_exits_130_with_the_resume_command_and_the_run_resumes(tmp_path):
     code = "import sys; from equirecon.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-c", code, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A non-interactive shell starts background jobs (CI's, for one) with SIGINT ignored, and a child inherits
+        # that, so Python would not even install its Ctrl-C handler: give the run the disposition a terminal gives.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 300
     # Any complete checkpoint will do: with --save_steps 1 older ones are rotated away faster than a fixed name
