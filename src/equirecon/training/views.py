@@ -216,13 +216,12 @@ class TransformPairMaker:
         self.min_image_size = min_image_size
         common: dict[str, Any] = {"image_mean": image_mean, "image_std": image_std, "crop_scale": crop_scale}
         ratio = transformation.context_ratio if context is None else context
-        if not ratio >= 1.0:
-            raise ValueError(f"context must be >= 1 (a multiple of the view's side), got {context!r}")
         # u is A2's view box (drawn like A1's, at view size) inside a margin of the photo around it, from which g_θ
         # draws real pixels instead of black fill; the trainer crops the view from the centre after g_θ.
-        self.base_size = context_side(size, ratio)
+        # build_view_transform checks the ratio.
         self.view1 = build_view_transform(view_preset, size, view=1, **common)
         self.view2 = build_view_transform(view_preset, size, view=2, context=ratio, **common)
+        self.base_size = context_side(size, ratio)
         self._generator: np.random.Generator | None = None
         self._seeded_for: tuple | None = None
 
