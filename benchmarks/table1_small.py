@@ -11,10 +11,11 @@ Same data (the embedded photos), same budget, same seeds for every row; a tiny V
 and a randomly initialised encoder is the reference row. Each frozen encoder is then scored by
 
 * the equivariance benchmark: an MLP regresses θ of rotation / colour / blur / translation from the features of
-  (I, g_θ(I)) for crops of the embedded training photos, R² on crops of held-out photos (the embedded ones, or any
-  image folder or dataset given by --eval-dataset, reusing the finished checkpoints), for three read-outs (the
-  backbone's mean patch token, its CLS token, and the head's equivariant part). The mean-patch read-out also reports
-  the θ-shuffled control (the regressor fitted on permuted θ): chance R²;
+  (I, g_θ(I)) for 4096 crops of the 18 embedded photos (plus every photo of --eval-dataset, reusing the finished
+  checkpoints), cross-validated by photo (5 folds, each regressor early-stopped on another fold's photos, R² over
+  every crop), for three read-outs (the backbone's mean patch token, its CLS token, and the head's equivariant
+  part). The mean-patch read-out also reports the θ-shuffled control (the regressors fitted on permuted θ): chance
+  R²;
 * a weighted k-NN (k = 20) on the mean patch token of a labelled set (scikit-learn's digits, its fixed stratified
   80/20 split), so a loss of invariance shows.
 
@@ -26,7 +27,7 @@ first, for every seed; then the other rows.
 
     python benchmarks/table1_small.py                       # 3 seeds, all rows and read-outs: ~8 h on 2 CPU cores
     python benchmarks/table1_small.py --quick               # ~5 min: the pipeline, not the effect
-    python benchmarks/table1_small.py --eval-dataset DIR    # the same checkpoints, held-out photos from DIR
+    python benchmarks/table1_small.py --eval-dataset DIR    # the same checkpoints, DIR's photos added to the R²
     python benchmarks/table1_small.py --report              # the table from what has finished
     python benchmarks/table1_small.py --threads 1 & python benchmarks/table1_small.py --threads 1   # two workers
 """
@@ -56,6 +57,7 @@ from equirecon.evaluation import (  # noqa: E402
     load_labelled_images,
     run_equivariance_benchmark,
 )
+from equirecon.evaluation.crops import as_photos  # noqa: E402
 from equirecon.training.arguments import (  # noqa: E402
     DataArguments,
     EquiReconTrainingArguments,
@@ -85,6 +87,8 @@ ROWS = {
 }
 
 CORE_ROWS = (RANDOM_INIT, *list(ROWS)[:3])
+# Results of one R² protocol live in their own folder: a change of protocol recomputes, never mixes, the tables.
+PROTOCOL = "cv-by-photo"
 
 
 def slug(name: str) -> str:
@@ -120,11 +124,12 @@ def pretrain(name: str, seed: int, args: argparse.Namespace, output_dir: Path) -
     return output_dir
 
 
-def evaluation_photos(args: argparse.Namespace) -> tuple[object, object]:
-    """(regressor photos, held-out photos): the embedded training photos, and the embedded held-out photos or every
-    photo of --eval-dataset (photos the pretraining never saw)."""
-    held_out = load_images(args.eval_dataset or "embedded", split="train" if args.eval_dataset else "validation")
-    return load_images("embedded", split="train"), held_out
+def evaluation_photos(args: argparse.Namespace) -> list[object]:
+    """The photos of the R² benchmark: the 18 embedded photos, and every photo of --eval-dataset."""
+    photos = as_photos(load_images("embedded", split="all"))
+    if args.eval_dataset:
+        photos += as_photos(load_images(args.eval_dataset, split="train"))
+    return photos
 
 
 def evaluate(
@@ -133,7 +138,7 @@ def evaluate(
     """R² per read-out and family (with the shuffled-θ control on the first read-out) and the k-NN accuracy; the
     read-outs already in ``done`` are kept, not recomputed."""
     cache = FeatureCache()
-    photos, held_out = evaluation_photos(args)
+    photos = evaluation_photos(args)
     results = dict(done)
     for feature in args.features:
         if feature in results:
@@ -141,11 +146,10 @@ def evaluate(
         result = run_equivariance_benchmark(
             model,
             photos,
-            test_images=held_out,
             families=FAMILIES,
             feature=feature,
-            num_train=args.num_train,
-            num_test=args.num_test,
+            num_crops=args.num_crops,
+            folds=args.folds,
             regressor=RegressorConfig(epochs=args.regressor_epochs),
             seed=seed,
             cache=cache,
@@ -167,7 +171,7 @@ def evaluate(
 
 def result_path(output_dir: Path, seed: int, name: str, eval_dataset: str | None) -> Path:
     suffix = f"-on-{slug(Path(eval_dataset).name)}" if eval_dataset else ""
-    return output_dir / "runs" / f"seed{seed}-{slug(name)}{suffix}.json"
+    return output_dir / "runs" / PROTOCOL / f"seed{seed}-{slug(name)}{suffix}.json"
 
 
 def claim(path: Path) -> bool:
@@ -253,14 +257,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per row (default 300)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 32 (16 with --quick)")
     parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--num-train", type=int, default=None, help="regressor training crops (default 4096)")
-    parser.add_argument("--num-test", type=int, default=None, help="held-out crops (default 1024)")
-    parser.add_argument("--regressor-epochs", type=int, default=None, help="default 30")
+    parser.add_argument("--num-crops", type=int, default=None, help="benchmark crops (default 4096)")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds by photo")
+    parser.add_argument("--regressor-epochs", type=int, default=None, help="at most (early stopping); default 100")
     parser.add_argument("--rows", nargs="+", default=None, choices=[RANDOM_INIT, *ROWS], metavar="ROW")
     parser.add_argument(
         "--eval-dataset",
         default=None,
-        help="held-out photos for the R² benchmark instead of the embedded ones (image folder, Parquet, datasets name)",
+        help="more photos for the R² benchmark, cross-validated with the embedded ones (image folder, Parquet, "
+        "datasets name)",
     )
     parser.add_argument("--features", nargs="+", default=list(FEATURES), choices=FEATURES, help="R² read-outs")
     parser.add_argument(
@@ -277,9 +282,8 @@ def main() -> None:
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.steps = args.steps or (60 if args.quick else 300)
     args.batch_size = args.batch_size or (16 if args.quick else 32)
-    args.num_train = args.num_train or (1024 if args.quick else 4096)
-    args.num_test = args.num_test or (256 if args.quick else 1024)
-    args.regressor_epochs = args.regressor_epochs or (20 if args.quick else 30)
+    args.num_crops = args.num_crops or (1024 if args.quick else 4096)
+    args.regressor_epochs = args.regressor_epochs or (30 if args.quick else 100)
     args.rows = args.rows or ([RANDOM_INIT, *list(ROWS)[:2]] if args.quick else [RANDOM_INIT, *ROWS])
     if args.threads:
         torch.set_num_threads(args.threads)

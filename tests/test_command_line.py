@@ -20,8 +20,7 @@ TINY_PRETRAIN = [
     "--per_device_train_batch_size", "4",
     "--logging_steps", "1",
     "--max_eval_samples", "8",
-    "--equivariance_num_train", "32",
-    "--equivariance_num_test", "16",
+    "--equivariance_num_crops", "48",
     "--equivariance_epochs", "2",
     "--disable_tqdm", "True",
 ]  # fmt: skip

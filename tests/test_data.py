@@ -85,7 +85,7 @@ def test_embedded_photos_load_offline_and_are_split_by_photo(monkeypatch):
     assert not digests[0] & digests[1] and len(digests[0]) == len(train)  # no photo in both, none twice
     astronaut = train[train["name"].index("astronaut")]["image"]
     assert astronaut.size == (512, 512) and astronaut.mode == "RGB"
-    with pytest.raises(ValueError, match=r"split must be one of \('train', 'validation'\)"):
+    with pytest.raises(ValueError, match=r"split must be one of \('train', 'validation', 'all'\)"):
         embedded_photos("test")
 
 

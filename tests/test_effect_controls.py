@@ -13,6 +13,7 @@ from transformers import set_seed
 from equirecon import EquiReconForPreTraining
 from equirecon.evaluation import RegressorConfig, score_feature_pairs
 from equirecon.imaging.transformations import TransformationConfig, make_transformed_pair
+from equirecon.training.trainer import COPY_BASELINES, box_blur
 
 
 def _encoder_gradient_norms(model: EquiReconForPreTraining) -> tuple[float, float]:
@@ -62,7 +63,7 @@ def test_loaded_decoders_keep_their_trained_weights(tmp_path):
 def test_evaluation_logs_the_copy_baselines(tmp_path):
     trainer = tiny_trainer(tmp_path, eval_dataset=list(pair_stream("validation").take(8)), max_steps=1)
     metrics = trainer.evaluate()
-    for name in ("eval_reconstruction_loss", "eval_copy_view2_loss", "eval_copy_view1_loss"):
+    for name in ("eval_reconstruction_loss", *(f"eval_{name}" for name in COPY_BASELINES)):
         assert np.isfinite(metrics[name]) and metrics[name] > 0
     # Training logs carry no controls: they are computed on the evaluation pairs only.
     trainer.train()
@@ -77,7 +78,18 @@ def test_copy_view2_baseline_is_zero_when_theta_is_the_identity(tmp_path):
     trainer = tiny_trainer(tmp_path, eval_dataset=pairs, max_steps=1)
     metrics = trainer.evaluate()
     assert metrics["eval_copy_view2_loss"] == pytest.approx(0.0, abs=1e-10)
+    assert metrics["eval_copy_blurred_view2_loss"] > 0.0  # a blurred v2 is not v2
     assert metrics["eval_copy_view1_loss"] > 0.01  # v1 is another crop: copying it is a real error
+
+
+def test_box_blur_keeps_constants_and_averages_its_window():
+    constant = torch.full((1, 3, 9, 9), 0.7)
+    assert torch.allclose(box_blur(constant, 5), constant)
+    impulse = torch.zeros(1, 1, 9, 9)
+    impulse[0, 0, 4, 4] = 25.0
+    blurred = box_blur(impulse, 5)
+    assert torch.allclose(blurred[0, 0, 2:7, 2:7], torch.ones(5, 5))
+    assert blurred.sum().item() == pytest.approx(25.0)
 
 
 def test_shuffled_theta_control_sits_at_chance_while_the_real_fit_does_not():
@@ -89,12 +101,11 @@ def test_shuffled_theta_control_sits_at_chance_while_the_real_fit_does_not():
         content,
         content + code * torch.ones(1, 8),
         theta,
-        num_train=400,
         regressor=RegressorConfig(epochs=40, hidden_sizes=(64, 64)),
         shuffled_control=True,
     )
     assert result.r2 > 0.9
     assert result.shuffled_r2 is not None and result.shuffled_r2 < 0.1
     assert result.to_dict()["shuffled_r2"] == result.shuffled_r2
-    without = score_feature_pairs(content, content, theta, num_train=400, regressor=RegressorConfig(epochs=2))
+    without = score_feature_pairs(content, content, theta, regressor=RegressorConfig(epochs=2))
     assert without.shuffled_r2 is None

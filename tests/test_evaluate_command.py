@@ -20,7 +20,7 @@ TINY_VIT = {
     "patch_size": 8,
 }
 FAST = ["--no_progress", "--batch_size", "32"]
-FAST_EQUIVARIANCE = [*FAST, "--num_train", "64", "--num_test", "32", "--epochs", "3"]
+FAST_EQUIVARIANCE = [*FAST, "--num_crops", "96", "--epochs", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +74,9 @@ def test_equivariance_on_embedded_photos_writes_json_and_bar_chart(vit_dir, tmp_
     assert document["mean_r2"] == pytest.approx(np.mean(list(document["r2"].values())))
     assert document["r2_convention"] == "global"
     assert document["settings"]["input"]["image_mean"] == [0.5, 0.5, 0.5]  # from the image processor
-    assert document["settings"]["num_train_images"] == 14 and document["settings"]["num_test_images"] == 4
+    assert document["settings"]["num_images"] == 18 and document["settings"]["protocol"] == "cross-validation by photo"
     assert [entry["metric_name"] for entry in document["eval_results"]] == ["R² rotation", "R² color", "R² mean"]
-    assert "embedded validation photos" in caplog.text  # says which default set was used
+    assert "18 embedded photos, cross-validated by photo" in caplog.text  # says which default set was used
     chart = output.with_name("equivariance_r2.png")
     with Image.open(chart) as image:
         assert image.format == "PNG" and image.width > 300
@@ -111,7 +111,7 @@ def test_equivariance_on_an_image_folder_with_an_equirecon_checkpoint(equirecon_
     document = json.loads(printed[printed.index("{") : printed.rindex("}") + 1])  # no --output: JSON on stdout
     assert document["feature"] == "mean_patch"  # the default for every model, EquiRecon loaded through AutoModel
     assert document["r2_convention"] == "per_output"
-    assert document["settings"]["num_train_images"] + document["settings"]["num_test_images"] == 4
+    assert document["settings"]["num_images"] == 4 and document["settings"]["num_test_images"] is None
     assert plot.is_file()
 
 
@@ -211,5 +211,5 @@ def test_a_corrupt_image_is_skipped_and_counted(equirecon_dir, tmp_path, capsys)
     assert main([*argv, "--output", str(output), "--no_plot", *FAST_EQUIVARIANCE]) == 0
     document = _read(output)
     assert document["skipped_images"] == 1
-    assert document["settings"]["num_train_images"] + document["settings"]["num_test_images"] == 4
+    assert document["settings"]["num_images"] == 4 and document["settings"]["num_test_images"] is None
     assert "1 image(s) could not be decoded" in capsys.readouterr().out

@@ -103,7 +103,6 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
     from ..evaluation.regression import RegressorConfig
     from ..imaging.decoding import decode_images
     from ..imaging.sources import (
-        EMBEDDED_VALIDATION_PHOTOS,
         embedded_photos,
         find_image_column,
         load_images,
@@ -112,14 +111,9 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
 
     test_images = None
     if args.dataset == "embedded" and args.split == "train" and args.test_split is None:
-        images, test_images = embedded_photos("train"), embedded_photos("validation")
+        images = embedded_photos("all")
         dataset_name = "embedded photos"
-        logger.info(
-            "images: the %d embedded training photos; held out: the %d embedded validation photos (%s)",
-            len(images),
-            len(test_images),
-            ", ".join(EMBEDDED_VALIDATION_PHOTOS),
-        )
+        logger.info("images: the %d embedded photos, cross-validated by photo (%d folds)", len(images), args.folds)
     else:
         images = load_images(args.dataset, split=args.split, image_column=args.image_column)
         if args.test_split is not None:
@@ -131,7 +125,7 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
             args.split,
             f", held out: split {args.test_split!r}"
             if args.test_split
-            else f", {args.test_fraction:.0%} of the photos held out",
+            else f", cross-validated by photo ({args.folds} folds)",
         )
     column = find_image_column(images, args.image_column)
     # Decoded here, skipping (and counting) files that cannot be read, so one bad photo does not end the run.
@@ -142,6 +136,7 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
         test_images, skipped = decoded.images, skipped + decoded.skipped
     regressor = RegressorConfig(
         epochs=args.epochs,
+        patience=args.patience,
         batch_size=args.regressor_batch_size,
         learning_rate=args.learning_rate,
         standardize_inputs=not args.no_standardize,
@@ -153,9 +148,8 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
         test_images=test_images,
         families=args.families,
         feature=args.feature,
-        num_train=args.num_train,
-        num_test=args.num_test,
-        test_fraction=args.test_fraction,
+        num_crops=args.num_crops,
+        folds=args.folds,
         input_spec=spec,
         crop_scale=tuple(args.crop_scale),
         border=args.border,

@@ -52,25 +52,37 @@ def parse_arguments(argv: list[str]) -> Arguments:
     return parse_dataclass_arguments(parser, recipe + argv, "pretrain")
 
 
+#: One photo to fit the regressor on, one to stop it on, one to score.
+MIN_BENCHMARK_PHOTOS = 3
+
+
 def evaluate_equivariance(
     model: EquiReconForPreTraining,
     data_args: DataArguments,
     evaluation_args: EvaluationArguments,
     seed: int,
     output_dir: Path,
-) -> dict[str, Any]:
-    """The paper's equivariance R² benchmark on the frozen encoder; writes `equivariance_results.json`.
+) -> dict[str, Any] | None:
+    """The paper's equivariance R² benchmark on the frozen encoder; writes `equivariance_results.json` (``None``,
+    with a warning, where the evaluation split has too few photos).
 
     Every read-out in `evaluation_args.equivariance_features` is scored (the first, with its θ-shuffled control, is
     the headline), and so is a randomly initialised encoder of the same config (seeded like the run), so the card
-    shows what pretraining added. The embedded photos keep their split (regressor fitted on crops of the training
-    photos, scored on the held-out ones); other datasets use their validation split, divided by photo."""
+    shows what pretraining added. The regressor is cross-validated by photo over all the embedded photos, or over
+    the dataset's validation split."""
     from ..evaluation import FeatureCache, RegressorConfig, run_equivariance_benchmark
 
-    if data_args.dataset == "embedded":
-        images, test_images = load_images("embedded", split="train"), load_images("embedded", split="validation")
-    else:
-        images, test_images = load_images(data_args.dataset, split=data_args.validation_split), None
+    split = "all" if data_args.dataset == "embedded" else data_args.validation_split
+    images = load_images(data_args.dataset, split=split)
+    if len(images) < MIN_BENCHMARK_PHOTOS:
+        logger.warning(
+            "Equivariance benchmark skipped: it cross-validates by photo and needs at least %d photos, but split %r "
+            "has %d; run `equirecon evaluate equivariance` on more photos.",
+            MIN_BENCHMARK_PHOTOS,
+            split,
+            len(images),
+        )
+        return None
     features = evaluation_args.equivariance_features
 
     def score(encoder: torch.nn.Module) -> dict[str, Any]:
@@ -79,11 +91,9 @@ def evaluate_equivariance(
             feature: run_equivariance_benchmark(
                 encoder,
                 images,
-                test_images=test_images,
                 families=evaluation_args.equivariance_families,
                 feature=feature,
-                num_train=evaluation_args.equivariance_num_train,
-                num_test=evaluation_args.equivariance_num_test,
+                num_crops=evaluation_args.equivariance_num_crops,
                 regressor=RegressorConfig(epochs=evaluation_args.equivariance_epochs),
                 max_images=evaluation_args.equivariance_max_images,
                 image_column=data_args.image_column or "image",
@@ -96,7 +106,11 @@ def evaluate_equivariance(
 
     read_outs = score(model.equirecon)
     headline = read_outs[features[0]]
-    dataset_name = "equirecon embedded photos (held-out)" if data_args.dataset == "embedded" else data_args.dataset
+    dataset_name = (
+        "equirecon embedded photos (cross-validated by photo)"
+        if data_args.dataset == "embedded"
+        else data_args.dataset
+    )
     # The shape `equirecon evaluate equivariance --output` writes (the headline result, then its model-index
     # entries), plus every read-out and the random-initialisation reference.
     results = {

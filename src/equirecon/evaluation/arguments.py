@@ -50,11 +50,16 @@ class EvaluateDataArguments:
     split: str = field(default="train", metadata={"help": "Dataset split to use (to train on, for probes)."})
     test_split: str | None = field(
         default=None,
-        metadata={"help": "Held-out split (default: the dataset's evaluation split, else part of --split)."},
+        metadata={
+            "help": "Held-out split. knn/linear default: the dataset's evaluation split, else part of --split. "
+            "equivariance: without it, the regressor is cross-validated by photo over --split."
+        },
     )
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: found automatically)."})
     label_column: str = field(default="label", metadata={"help": "knn/linear: column with the class labels."})
-    test_fraction: float = field(default=0.25, metadata={"help": "Fraction held out without a held-out split."})
+    test_fraction: float = field(
+        default=0.25, metadata={"help": "knn/linear: fraction held out without a held-out split."}
+    )
     max_images: int | None = field(default=None, metadata={"help": "Use at most this many images per split."})
 
 
@@ -70,8 +75,8 @@ class EvaluateRunArguments:
 @dataclass
 class EquivarianceArguments:
     """R² of regressing transformation parameters from (I, g(I)) features (paper Table 1): for each family, regress
-    θ from the frozen features of a crop and its transformed copy with SIE's MLP; report R² on crops of held-out
-    photos."""
+    θ from the frozen features of a crop and its transformed copy with SIE's MLP; report R² on crops of photos the
+    regressor never saw (cross-validated by photo)."""
 
     families: list[str] = field(
         default_factory=lambda: ["rotation", "color", "blur", "translation"],
@@ -85,8 +90,10 @@ class EquivarianceArguments:
             "choices": ("auto", *FEATURE_KINDS),
         },
     )
-    num_train: int = field(default=2048, metadata={"help": "Crops to fit the regressor on."})
-    num_test: int = field(default=1024, metadata={"help": "Held-out crops to score on."})
+    num_crops: int = field(default=4096, metadata={"help": "Crops (each with its own θ), drawn over the photos."})
+    folds: int = field(
+        default=5, metadata={"help": "Cross-validation folds by photo (with --test_split: 1/folds stops the fit)."}
+    )
     crop_scale: list[float] = field(
         default_factory=lambda: [0.25, 1.0],
         metadata={"help": "Crop area range MIN MAX, as a fraction of the largest crop of the photo."},
@@ -102,7 +109,8 @@ class EquivarianceArguments:
     per_output: bool = field(
         default=False, metadata={"help": "Report the mean of per-parameter R² instead of SIE's global-mean R²."}
     )
-    epochs: int = field(default=50, metadata={"help": "Regressor epochs."})
+    epochs: int = field(default=100, metadata={"help": "Regressor epochs at most (early stopping decides)."})
+    patience: int = field(default=10, metadata={"help": "Stop the regressor after this many epochs without gain."})
     regressor_batch_size: int = field(default=256, metadata={"help": "Regressor batch size."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Regressor Adam learning rate."})
     no_standardize: bool = field(default=False, metadata={"help": "Fit on raw features and θ, exactly as SIE."})

@@ -2,8 +2,8 @@
 
 The benchmark needs thousands of images I but a user (or the bundled set of ~15 natural photos) may only have a
 handful, so it draws many random crops per photo. Crops are described by boxes and rendered on demand, batch by
-batch, so memory does not grow with the number of crops. The train/test split is made **by photo**: crops of a
-held-out photo never share pixels with the regressor's training crops.
+batch, so memory does not grow with the number of crops. Each crop records its photo, so that the regressor is
+fitted and scored on crops of different photos (:func:`.scores.score_feature_pairs`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from PIL import Image
 from ..imaging.context import reflect_into_box, widen_box
 from ..imaging.decoding import to_rgb_uint8
 
-__all__ = ["CropSet", "as_photos", "split_photos"]
+__all__ = ["CropSet", "as_photos"]
 
 
 def as_photos(images: Any, *, image_column: str = "image", max_images: int | None = None) -> list[Image.Image]:
@@ -34,20 +34,6 @@ def as_photos(images: Any, *, image_column: str = "image", max_images: int | Non
     else:
         items = list(images)[:max_images] if max_images is not None else list(images)
     return [Image.fromarray(to_rgb_uint8(item, min_size=1)) for item in items]
-
-
-def split_photos(num_photos: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """A seeded split of photo indices into (train, test), each non-empty."""
-    if num_photos < 2:
-        raise ValueError(
-            f"the equivariance benchmark needs at least 2 images (one to train the regressor, one held out), "
-            f"got {num_photos}."
-        )
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
-    order = np.random.default_rng([seed, 1]).permutation(num_photos)
-    num_test = min(num_photos - 1, max(1, round(test_fraction * num_photos)))
-    return sorted(order[num_test:].tolist()), sorted(order[:num_test].tolist())
 
 
 @dataclass(frozen=True)

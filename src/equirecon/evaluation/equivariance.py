@@ -4,8 +4,9 @@ For each transformation family g (rotation, colour, blur, translation; SE(2) or 
 
 1. draw θ uniformly from the family's ranges (paper Table 2) for every benchmark image I;
 2. encode I and g_θ(I) with the frozen model (one pooled feature kind, see :mod:`.features`);
-3. fit the SIE regressor ``[f(I); f(g_θ(I))] → θ`` on images cut from training photos;
-4. report R² on images cut from held-out photos.
+3. fit the SIE regressor ``[f(I); f(g_θ(I))] → θ`` on images cut from some photos, early-stopped on others;
+4. report R² on images cut from photos the regressor never saw: cross-validated by photo, so that every photo is
+   scored once (or on explicitly held-out photos).
 
 A feature that keeps the transformation lets the regressor recover θ (R² → 1); an invariant feature does not
 (R² ≈ 0). The benchmark images are random crops of the evaluation photos at the model's resolution (see
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 from ..imaging.context import center_crop, context_side
 from ..imaging.transformations import TransformationConfig, apply_transformation
 from .cache import FeatureCache, cache_key, model_fingerprint
-from .crops import CropSet, as_photos, split_photos
+from .crops import CropSet, as_photos
 from .features import FeatureExtractor, eval_mode
 from .loading import InputSpec, resolve_device
 from .metrics import R2Convention
@@ -105,35 +106,38 @@ def _benchmark_crops(
     *,
     image_column: str,
     max_images: int | None,
-    test_fraction: float,
-    num_crops: tuple[int, int],
+    num_crops: int,
     size: tuple[int, int],
     context_size: tuple[int, int],
     crop_scale: tuple[float, float],
     seed: int,
-) -> tuple[CropSet, tuple[int, int]]:
-    """``num_crops[0]`` crops of the training photos followed by ``num_crops[1]`` of the held-out photos, and the
-    number of photos on each side. Held-out photos are ``test_images``, else a seeded split of ``images``."""
+) -> tuple[CropSet, list[int] | None]:
+    """``num_crops`` crops drawn uniformly over the photos of ``images`` and ``test_images``, and the indices of the
+    held-out photos (``test_images``'s), if any."""
     photos = as_photos(images, image_column=image_column, max_images=max_images)
+    test_ids = None
     if test_images is not None:
         held_out = as_photos(test_images, image_column=image_column, max_images=max_images)
         if not photos or not held_out:
             raise ValueError("images and test_images must each contain at least one photo.")
-        train_ids, test_ids = list(range(len(photos))), list(range(len(photos), len(photos) + len(held_out)))
+        test_ids = list(range(len(photos), len(photos) + len(held_out)))
         photos = photos + held_out
-    else:
-        train_ids, test_ids = split_photos(len(photos), test_fraction, seed)
-    photos_tuple = tuple(photos)
-    generator = np.random.default_rng([seed, 2])
-    crops = CropSet.concatenate(
-        *(
-            CropSet.sample(
-                photos_tuple, ids, count, size, scale=crop_scale, context_size=context_size, generator=generator
-            )
-            for ids, count in ((train_ids, num_crops[0]), (test_ids, num_crops[1]))
+    if len(photos) < 2:
+        raise ValueError(
+            f"the equivariance benchmark needs at least 2 photos (one to fit the regressor on, one to score), got "
+            f"{len(photos)}."
         )
+    generator = np.random.default_rng([seed, 2])
+    crops = CropSet.sample(
+        tuple(photos),
+        range(len(photos)),
+        num_crops,
+        size,
+        scale=crop_scale,
+        context_size=context_size,
+        generator=generator,
     )
-    return crops, (len(train_ids), len(test_ids))
+    return crops, test_ids
 
 
 def _family_seed(seed: int, name: str) -> np.random.Generator:
@@ -147,10 +151,9 @@ def run_equivariance_benchmark(
     *,
     families: Sequence[str | TransformationConfig] | Mapping[str, TransformationConfig] = DEFAULT_FAMILIES,
     feature: str = "auto",
-    num_train: int = 2048,
-    num_test: int = 1024,
+    num_crops: int = 4096,
+    folds: int = 5,
     test_images: Any | None = None,
-    test_fraction: float = 0.25,
     input_spec: InputSpec | None = None,
     image_size: int | tuple[int, int] | None = None,
     crop_scale: tuple[float, float] = (0.25, 1.0),
@@ -172,13 +175,18 @@ def run_equivariance_benchmark(
         model: a frozen vision encoder (``EquiReconModel``, ``ViTModel``, ``Dinov2Model``, ...). It is put in
             eval mode and, if ``device`` is given, moved there.
         images: the evaluation photos: a sequence of PIL images / arrays / tensors, or a ``datasets.Dataset``.
-            They are split by photo into regressor-training and held-out photos (``test_fraction``), unless
-            ``test_images`` gives the held-out photos explicitly.
+            At least 3 for cross-validation by photo.
         families: family names (``"rotation"``, ``"color"``, ``"blur"``, ``"translation"``, ``"se2"``), or
             ``TransformationConfig`` objects for other ranges, or a mapping ``{name: config}``.
         feature: the feature kind (:mod:`.features`); ``"auto"``: ``"pooled"`` for EquiRecon, else
             ``"mean_patch"``.
-        num_train, num_test: number of crops (each with its own θ) to fit the regressor on and to score on.
+        num_crops: number of crops (each with its own θ), drawn uniformly over the photos.
+        folds: cross-validation by photo (:func:`.scores.score_feature_pairs`): the photos are dealt into ``folds``
+            folds, each fold's crops are scored by a regressor fitted on the other folds' crops and early-stopped
+            on the next fold's, and R² is computed over all crops.
+        test_images: held-out photos for one fixed split instead of cross-validation: the regressor is fitted on
+            the crops of ``images`` (early-stopped on a ``1/folds`` share of those photos) and scored on the crops
+            of these.
         input_spec: resolution and normalisation; default: the model config's ``image_size`` with ImageNet
             statistics (use :func:`.loading.load_model` to get the checkpoint's own).
         image_size: overrides the resolution of ``input_spec``.
@@ -207,8 +215,8 @@ def run_equivariance_benchmark(
         raise ValueError(f"border must be 'context' or 'fill', got {border!r}.")
     if multioutput not in MULTIOUTPUT:
         raise ValueError(f"multioutput must be one of {MULTIOUTPUT}, got {multioutput!r}.")
-    if num_train < 2 or num_test < 2:
-        raise ValueError(f"num_train and num_test must be at least 2, got {num_train} and {num_test}.")
+    if num_crops < 4:
+        raise ValueError(f"num_crops must be at least 4, got {num_crops}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     if device is not None:
@@ -217,13 +225,12 @@ def run_equivariance_benchmark(
         spec = (input_spec or InputSpec.from_model(model)).with_size(image_size)
 
         context_size = _context_size(configs, spec.image_size) if border == "context" else spec.image_size
-        crops, num_photos = _benchmark_crops(
+        crops, test_ids = _benchmark_crops(
             images,
             test_images,
             image_column=image_column,
             max_images=max_images,
-            test_fraction=test_fraction,
-            num_crops=(num_train, num_test),
+            num_crops=num_crops,
             size=spec.image_size,
             context_size=context_size,
             crop_scale=crop_scale,
@@ -262,7 +269,9 @@ def run_equivariance_benchmark(
                 reference[kind],
                 transformed[kind],
                 params[name],
-                num_train=num_train,
+                groups=crops.photo_index,
+                test_groups=test_ids,
+                folds=folds,
                 family=name,
                 parameter_names=config.parameter_names,
                 regressor=regressor,
@@ -276,10 +285,11 @@ def run_equivariance_benchmark(
             logger.info("R² %s = %.4f (train %.4f)", name, result.r2, result.train_r2)
 
         settings = {
-            "num_train": num_train,
-            "num_test": num_test,
-            "num_train_images": num_photos[0],
-            "num_test_images": num_photos[1],
+            "num_crops": num_crops,
+            "num_images": len(crops.photos),
+            "protocol": "cross-validation by photo" if test_ids is None else "held-out photos",
+            "folds": folds,
+            "num_test_images": len(test_ids) if test_ids is not None else None,
             "crop_scale": list(crop_scale),
             "border": border,
             "context_size": list(context_size),

@@ -58,7 +58,7 @@ EMBEDDED_PHOTOS: dict[str, tuple[str, str]] = {
 }
 #: Held out by photo (never by crop). The stereo pair shows one scene, so both halves stay in "train".
 EMBEDDED_VALIDATION_PHOTOS: tuple[str, ...] = ("camera", "china", "coffee", "gravel")
-_EMBEDDED_SPLITS = ("train", "validation")
+_EMBEDDED_SPLITS = ("train", "validation", "all")
 
 
 # --------------------------------------------------------------------------------------------------- sources
@@ -68,12 +68,15 @@ def embedded_photos(split: str = "train") -> datasets.Dataset:
     """The photos that ship with scikit-image and scikit-learn as a ``datasets.Dataset``; works offline.
 
     Columns: ``image`` (``datasets.Image``, the original RGB or grayscale file) and ``name``. ``"validation"``
-    holds :data:`EMBEDDED_VALIDATION_PHOTOS`, ``"train"`` the other 14. Random crops make each photo many
+    holds :data:`EMBEDDED_VALIDATION_PHOTOS`, ``"train"`` the other 14, ``"all"`` every one (the equivariance
+    benchmark cross-validates over them). Random crops make each photo many
     examples; use ``repeat=None`` in :func:`build_transform_pair_dataset` for an endless stream.
     """
     if split not in _EMBEDDED_SPLITS:
         raise ValueError(f"split must be one of {_EMBEDDED_SPLITS}, got {split!r}")
-    names = [n for n in EMBEDDED_PHOTOS if (n in EMBEDDED_VALIDATION_PHOTOS) == (split == "validation")]
+    names = [
+        n for n in EMBEDDED_PHOTOS if split == "all" or (n in EMBEDDED_VALIDATION_PHOTOS) == (split == "validation")
+    ]
     files = _embedded_photo_bytes()
     return datasets.Dataset.from_dict(
         {

@@ -18,9 +18,19 @@ from ..modeling.modeling_equirecon import masked_mse
 from .arguments import EquiReconTrainingArguments
 
 LOSS_COMPONENTS = ("ssl_loss", "reconstruction_loss")
-COPY_BASELINES = ("copy_view2_loss", "copy_view1_loss")
-"""Evaluation controls: the reconstruction loss of answering every target with view 2 (resp. view 1) itself, on the
-same pairs and masks. Decoders that do not beat both have learnt nothing about the in-between states."""
+COPY_BASELINES = ("copy_view2_loss", "copy_blurred_view2_loss", "copy_view1_loss")
+"""Evaluation controls: the reconstruction loss of answering every target with view 2 itself, with view 2 through a
+5×5 box blur, and with view 1, on the same pairs and masks. Decoders that do not beat all three have learnt nothing
+about the in-between states: the blurred copy is the trivial answer a low-pass decoder must beat (the targets lie
+between v2 and u, so an MSE-optimal guess that ignores θ is a smoothed v2)."""
+BLURRED_COPY_KERNEL = 5
+
+
+def box_blur(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean over a `size`×`size` window (odd `size`), mirrored at the border so the image keeps its size."""
+    radius = size // 2
+    padded = nn.functional.pad(images, (radius, radius, radius, radius), mode="reflect")
+    return nn.functional.avg_pool2d(padded, size, stride=1)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,7 +61,7 @@ class EquiReconTrainer(Trainer):
     the next log or checkpoint, before a checkpoint of the broken weights is written.
     `ssl_loss` and `reconstruction_loss` are logged next to `loss` (averaged over the steps since the last log and
     over processes), and evaluation reports them as `eval_ssl_loss` and `eval_reconstruction_loss`, next to the
-    controls `eval_copy_view2_loss` and `eval_copy_view1_loss` (`COPY_BASELINES`).
+    controls `eval_copy_view2_loss`, `eval_copy_blurred_view2_loss` and `eval_copy_view1_loss` (`COPY_BASELINES`).
 
     Args:
         transformation: g_θ. Default: the model config's `transformation`, overridden by the training arguments.
@@ -133,9 +143,10 @@ class EquiReconTrainer(Trainer):
     @staticmethod
     def _copy_baselines(first_view: torch.Tensor, pair: Any) -> dict[str, torch.Tensor]:
         targets = pair.targets
+        answers = (pair.transformed, box_blur(pair.transformed, BLURRED_COPY_KERNEL), first_view)
         return {
             name: masked_mse(view.unsqueeze(1).expand_as(targets), targets, pair.target_masks)
-            for name, view in zip(COPY_BASELINES, (pair.transformed, first_view), strict=True)
+            for name, view in zip(COPY_BASELINES, answers, strict=True)
         }
 
     def _record_components(self, phase: str, components: dict[str, torch.Tensor | None]) -> None:
