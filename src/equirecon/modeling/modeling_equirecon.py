@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel, ViTConfig, ViTModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, ViTConfig, ViTModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput, SemanticSegmenterOutput
 from transformers.utils import ModelOutput, logging
@@ -107,14 +107,11 @@ def _without_pooler(model_class: type[PreTrainedModel]) -> dict[str, Any]:
     )
 
 
-def load_pretrained_encoder(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
-    """The encoder of a transformers ViT-family checkpoint (DINOv2, ViT, DeiT, ViTMAE; a local directory or Hub id),
-    as the base model `build_backbone` makes: task heads, poolers and mask tokens are dropped and logged, ViTMAE
-    (whose forward shuffles and masks tokens) becomes the `ViTModel` with its weights. `kwargs` go to `from_pretrained` (`revision`,
-    `token`, ...).
+def pretrained_encoder_config(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> PretrainedConfig:
+    """The config of a transformers ViT-family checkpoint (a local directory or Hub id), read without its weights so
+    that a wrong path or architecture is reported before anything is loaded. `kwargs` go to `from_pretrained`.
 
-    Raises `OSError` when there is nothing to load and `ValueError` when the checkpoint is not a complete ViT-family
-    encoder: a weight missing from it would otherwise start random without anyone noticing.
+    Raises `OSError` when there is no checkpoint there, `ValueError` when it is not a ViT-family encoder.
     """
     name = str(pretrained_model_name_or_path)
     if name.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name)):
@@ -131,12 +128,26 @@ def load_pretrained_encoder(pretrained_model_name_or_path: str | os.PathLike, **
             "(`EquiReconForPreTraining.from_pretrained`, `equirecon pretrain --model_name_or_path`)."
         )
     absent = [field for field in ("hidden_size", "patch_size", "image_size") if not hasattr(config, field)]
-    model_class = AutoModel._model_mapping.get(type(config), None)
-    if absent or model_class is None:
+    if absent or type(config) not in AutoModel._model_mapping:
         raise ValueError(
             f"{name!r} is a {config.model_type} checkpoint, not a ViT-family encoder (its config has no "
             f"{', '.join(absent) or 'base model'}): start from a DINOv2, ViT, DeiT or ViTMAE checkpoint."
         )
+    return config
+
+
+def load_pretrained_encoder(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
+    """The encoder of a transformers ViT-family checkpoint (DINOv2, ViT, DeiT, ViTMAE; a local directory or Hub id),
+    as the base model `build_backbone` makes: task heads, poolers and mask tokens are dropped and logged, ViTMAE
+    (whose forward shuffles and masks tokens) becomes the `ViTModel` with its weights. `kwargs` go to
+    `from_pretrained` (`revision`, `token`, ...).
+
+    Raises as `pretrained_encoder_config`, and `ValueError` when the checkpoint is not a complete encoder: a weight
+    missing from it would otherwise start random without anyone noticing.
+    """
+    name = str(pretrained_model_name_or_path)
+    config = pretrained_encoder_config(name, **kwargs)
+    model_class = AutoModel._model_mapping[type(config)]
     if getattr(config, "use_mask_token", False):  # no masked-image objective here: a weight without a gradient
         config.use_mask_token = False
     encoder, info = model_class.from_pretrained(
