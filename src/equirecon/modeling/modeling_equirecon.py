@@ -137,10 +137,9 @@ def pretrained_encoder_config(pretrained_model_name_or_path: str | os.PathLike, 
 
 
 def load_pretrained_encoder(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
-    """The encoder of a transformers ViT-family checkpoint (DINOv2, ViT, DeiT, ViTMAE; a local directory or Hub id),
-    as the base model `build_backbone` makes: task heads, poolers and mask tokens are dropped and logged, ViTMAE
-    (whose forward shuffles and masks tokens) becomes the `ViTModel` with its weights. `kwargs` go to
-    `from_pretrained` (`revision`, `token`, ...).
+    """The encoder of a transformers ViT-family checkpoint (DINOv2, ViT, DeiT, ViTMAE; a local directory or Hub id)
+    as a base model without pooler: task heads are dropped and logged, a ViTMAE becomes the `ViTModel` with its
+    weights (see `encoder_backbone_config`). `kwargs` go to `from_pretrained` (`revision`, `token`, ...).
 
     Raises as `pretrained_encoder_config`, and `ValueError` when the checkpoint is not a complete encoder: a weight
     missing from it would otherwise start random without anyone noticing.
@@ -148,8 +147,6 @@ def load_pretrained_encoder(pretrained_model_name_or_path: str | os.PathLike, **
     name = str(pretrained_model_name_or_path)
     config = pretrained_encoder_config(name, **kwargs)
     model_class = AutoModel._model_mapping[type(config)]
-    if getattr(config, "use_mask_token", False):  # no masked-image objective here: a weight without a gradient
-        config.use_mask_token = False
     encoder, info = model_class.from_pretrained(
         name, config=config, output_loading_info=True, dtype=torch.float32, **_without_pooler(model_class), **kwargs
     )
@@ -161,22 +158,31 @@ def load_pretrained_encoder(pretrained_model_name_or_path: str | os.PathLike, **
             "the checkpoint the config describes, or leave the encoder at its random initialisation."
         )
     if info["unexpected_keys"]:
-        logger.info(
-            "Not used from %s (task heads, poolers, mask tokens): %s", name, ", ".join(sorted(info["unexpected_keys"]))
-        )
+        logger.info("Not used from %s (task heads, poolers): %s", name, ", ".join(sorted(info["unexpected_keys"])))
     if config.model_type == "vit_mae":
-        vit_fields = set(ViTConfig().to_dict()) - {"model_type", "architectures", "transformers_version"}
-        vit_config = ViTConfig(**{k: v for k, v in config.to_dict().items() if k in vit_fields})
-        vit = ViTModel(vit_config, add_pooling_layer=False)
+        vit = ViTModel(encoder_backbone_config(config), add_pooling_layer=False)
         load_backbone_weights(vit, encoder)
         encoder = vit
     return encoder
 
 
+def encoder_backbone_config(config: PretrainedConfig) -> PretrainedConfig:
+    """The backbone config EquiRecon builds for a checkpoint's: without a mask token (there is no masked-image
+    objective: it would be a weight without a gradient), and a ViTMAE's as a ViT's (ViTMAE's forward shuffles and
+    masks the tokens; its encoder weights are a ViT's)."""
+    if config.model_type == "vit_mae":
+        vit_fields = set(ViTConfig().to_dict()) - {"model_type", "architectures", "transformers_version"}
+        return ViTConfig(**{k: v for k, v in config.to_dict().items() if k in vit_fields})
+    config = copy.deepcopy(config)
+    if getattr(config, "use_mask_token", False):
+        config.use_mask_token = False
+    return config
+
+
 def load_backbone_weights(backbone: PreTrainedModel, source: PreTrainedModel) -> None:
     """Copy the encoder `source` into `backbone`, an encoder of the same family and sizes; the position embeddings
     are resized (bicubic, as the encoders do for other inputs) when `backbone` takes another image size. The two
-    must hold the same weights, except `source`'s pooler (unused here).
+    must hold the same weights, except `source`'s pooler and mask token (unused here).
 
     The one way EquiRecon initialises an encoder from another: a warm start from a checkpoint
     (`EquiReconPreTrainedModel.from_pretrained_backbone`), and an EMA teacher from its student
@@ -191,7 +197,8 @@ def load_backbone_weights(backbone: PreTrainedModel, source: PreTrainedModel) ->
         with torch.no_grad():
             state[position_key] = source.embeddings.interpolate_pos_encoding(placeholder, size, size)
     missing = sorted(set(target) - set(state))
-    unexpected = sorted(key for key in set(state) - set(target) if not key.startswith("pooler."))
+    unused = {"embeddings.mask_token"}
+    unexpected = sorted(key for key in set(state) - set(target) if key not in unused and not key.startswith("pooler."))
     mismatched = sorted(key for key in set(target) & set(state) if target[key].shape != state[key].shape)
     if missing or unexpected or mismatched:
         raise ValueError(
@@ -261,15 +268,18 @@ class EquiReconPreTrainedModel(PreTrainedModel):
         ```python
         >>> model = EquiReconForPreTraining.from_pretrained_backbone("facebook/dinov2-small", d_patch=512, d_equi=256)
         ```"""
-        source = load_pretrained_encoder(pretrained_model_name_or_path, **(backbone_kwargs or {}))
-        backbone_config = copy.deepcopy(source.config)
+        backbone_kwargs = backbone_kwargs or {}
+        backbone_config = encoder_backbone_config(
+            pretrained_encoder_config(pretrained_model_name_or_path, **backbone_kwargs)
+        )
         if image_size is not None:
             backbone_config.image_size = image_size
         fields = config.to_dict() if config is not None else {}
+        # Validated before any weight is read.
         config = EquiReconConfig(**{**fields, **config_kwargs, "backbone_config": backbone_config})
         model = cls(config)
         base = getattr(model, cls.base_model_prefix, model)
-        load_backbone_weights(base.backbone, source)
+        load_backbone_weights(base.backbone, load_pretrained_encoder(pretrained_model_name_or_path, **backbone_kwargs))
         logger.info(
             "Encoder initialised from %s (%s, %d layers, hidden size %d, patch %d, %d² inputs); heads and decoders "
             "start fresh.",
