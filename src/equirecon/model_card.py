@@ -84,6 +84,13 @@ def _training_summary(run: dict[str, Any] | None) -> str:
         f"{training.get('lr_scheduler_type')} schedule, seed {training.get('seed')}.",
         f"- Wall time: {run['wall_time_seconds'] / 60:.1f} min.",
     ]
+    start = run.get("init_from")
+    if start:  # a warm start (`equirecon pretrain --init_from`)
+        lines.insert(
+            0,
+            f"- Encoder initialised from {_checkpoint_link(start)} ({start['model_type']}); the heads and decoders "
+            "started at random.",
+        )
     losses = run.get("final_train_losses") or {}
     if losses:
         lines.append("- Last logged training losses: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()) + ".")
@@ -97,6 +104,12 @@ def _training_summary(run: dict[str, Any] | None) -> str:
     if controls:
         lines.append(controls)
     return "\n".join(lines)
+
+
+def _checkpoint_link(start: dict[str, Any]) -> str:
+    """A Hub checkpoint as a link, a local one as its path."""
+    name = start["checkpoint"]
+    return f"the local checkpoint `{name}`" if start["local"] else f"[`{name}`](https://huggingface.co/{name})"
 
 
 def _reconstruction_controls(metrics: dict[str, Any]) -> str | None:
@@ -264,6 +277,7 @@ def _pretrained_content(
     dataset = (run or {}).get("data_arguments", {}).get("dataset", "embedded")
     d_patch, d_equi = config["d_patch"], config["d_equi"]
     hidden_size, k = backbone["hidden_size"], config["num_intermediates"]
+    start = (run or {}).get("init_from")
     return _CardContent(
         tags=[
             "vision",
@@ -274,6 +288,7 @@ def _pretrained_content(
             config["ssl_objective"],
         ],
         datasets=[dataset] if dataset != "embedded" else None,
+        base_model=start["checkpoint"] if start and not start["local"] else None,
         # Written next to the results by the benchmark itself (EquivarianceResult.to_eval_results).
         eval_results=[EvalResult(**entry) for entry in (equivariance or {}).get("eval_results", [])] or None,
         summary=(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import HfArgumentParser, set_seed
+from transformers import HfArgumentParser, ViTImageProcessorPil, set_seed
 
 from ..command_line import config_action, format_help, parse_dataclass_arguments, pop_config_file, run_command
 from ..imaging.sources import load_images
@@ -40,8 +40,9 @@ def parse_arguments(argv: list[str]) -> Arguments:
                 usage="equirecon pretrain [--config RECIPE] [options]",
                 description="Pretrain with EquiReconTrainer, run the equivariance benchmark on the validation split "
                 "and write a loadable model directory with its model card. With no arguments: the tiny preset on "
-                "the embedded photos, a few minutes on a CPU. Checkpoints every --save_steps; after Ctrl-C, "
-                "`--resume_from_checkpoint last` continues the run.",
+                "the embedded photos, a few minutes on a CPU. `--init_from facebook/dinov2-small` (or a local "
+                "directory) starts the encoder from a transformers DINOv2/ViT checkpoint instead of at random. "
+                "Checkpoints every --save_steps; after Ctrl-C, `--resume_from_checkpoint last` continues the run.",
                 example="equirecon pretrain --config recipes/pretrain-tiny-cpu.json --dataset ./photos --output_dir runs/a",
                 own=dataclasses_,
                 extra=[config_action()],
@@ -69,8 +70,9 @@ def evaluate_equivariance(
     Every read-out in `evaluation_args.equivariance_features` is scored (the first, with its θ-shuffled control, is
     the headline), and so is a randomly initialised encoder of the same config (seeded like the run), so the card
     shows what pretraining added. The regressor is cross-validated by photo over all the embedded photos, or over
-    the dataset's validation split."""
-    from ..evaluation import FeatureCache, RegressorConfig, run_equivariance_benchmark
+    the dataset's validation split. Inputs are normalised as the image processor saved in `output_dir` says (a warm
+    start keeps its checkpoint's statistics)."""
+    from ..evaluation import FeatureCache, InputSpec, RegressorConfig, run_equivariance_benchmark
 
     split = "all" if data_args.dataset == "embedded" else data_args.validation_split
     images = load_images(data_args.dataset, split=split)
@@ -84,6 +86,10 @@ def evaluate_equivariance(
         )
         return None
     features = evaluation_args.equivariance_features
+    saved_processor = output_dir / "preprocessor_config.json"
+    input_spec = InputSpec.from_model(
+        model, ViTImageProcessorPil.from_pretrained(output_dir) if saved_processor.is_file() else None
+    )
 
     def score(encoder: torch.nn.Module) -> dict[str, Any]:
         cache = FeatureCache()  # one encoding pass shared by the read-outs
@@ -93,6 +99,7 @@ def evaluate_equivariance(
                 images,
                 families=evaluation_args.equivariance_families,
                 feature=feature,
+                input_spec=input_spec,
                 num_crops=evaluation_args.equivariance_num_crops,
                 regressor=RegressorConfig(epochs=evaluation_args.equivariance_epochs),
                 max_images=evaluation_args.equivariance_max_images,

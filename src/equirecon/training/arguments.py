@@ -17,18 +17,25 @@ from .views import VIEW_PRESETS
 @dataclass
 class ModelArguments:
     """Which model to pretrain: a preset from the paper, an existing EquiRecon checkpoint to continue, or a
-    transformers encoder checkpoint to start from."""
+    transformers encoder checkpoint to start from (`init_from`)."""
 
-    preset: str = field(
-        default="tiny",
-        metadata={"help": "Named configuration (EquiReconConfig.from_preset): tiny, vicreg-vit-s16, ..."},
+    preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Named configuration (EquiReconConfig.from_preset): tiny, vicreg-vit-s16, ... Default: tiny; "
+            "with --init_from, EquiReconConfig's defaults (the paper's heads) around the checkpoint's encoder."
+        },
     )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "An EquiRecon pretraining checkpoint (directory or Hub id) to continue from."}
     )
-    backbone_name_or_path: str | None = field(
+    init_from: str | None = field(
         default=None,
-        metadata={"help": "A transformers ViT/DINOv2 checkpoint to initialise the encoder from (heads start fresh)."},
+        metadata={
+            "help": "A transformers DINOv2, ViT, DeiT or ViTMAE checkpoint (directory or Hub id) to start the encoder "
+            "from: its architecture, patch and image size and normalisation are kept, the heads and decoders start "
+            "fresh. A --preset must have the same encoder sizes."
+        },
     )
     config_overrides: str | None = field(
         default=None,
@@ -36,8 +43,24 @@ class ModelArguments:
             "help": "Comma-separated EquiReconConfig fields, e.g. 'd_patch=512,d_equi=256,ssl_objective=simclr'."
         },
     )
-    image_size: int | None = field(default=None, metadata={"help": "Pretraining image size (default: the preset's)."})
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Pretraining image size (default: the preset's, or the --init_from checkpoint's; another size "
+            "resizes the checkpoint's position embeddings)."
+        },
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from model_name_or_path."})
+
+    def __post_init__(self) -> None:
+        if self.preset in ("None", "none", ""):  # how a recipe's preset is taken back on the command line
+            self.preset = None
+        if self.init_from and self.model_name_or_path:
+            raise ValueError(
+                f"--init_from {self.init_from} and --model_name_or_path {self.model_name_or_path} both give the "
+                "weights: --init_from starts a new model from a transformers encoder, --model_name_or_path continues "
+                "an EquiRecon checkpoint; pass one."
+            )
 
 
 @dataclass

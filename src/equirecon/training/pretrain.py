@@ -8,16 +8,19 @@ which `equirecon pretrain` (:mod:`equirecon.commands.pretrain`) passes.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import ViTImageProcessorPil
+from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..command_line import (
@@ -33,7 +36,8 @@ from ..imaging.sources import find_image_column, load_images
 from ..imaging.transformations import TransformationConfig, make_transformed_pair
 from ..model_card import EQUIVARIANCE_FILE, RUN_FILE, write_model_card
 from ..modeling import EquiReconConfig, EquiReconForPreTraining
-from ..modeling.modeling_equirecon import masked_mse
+from ..modeling.configuration_equirecon import PRESETS
+from ..modeling.modeling_equirecon import masked_mse, pretrained_encoder_config
 from .arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
 from .data import build_transform_pair_dataset, collate_transform_pairs
 from .trainer import EquiReconTrainer
@@ -46,7 +50,8 @@ Arguments = tuple[ModelArguments, DataArguments, EquiReconTrainingArguments, Eva
 
 
 def build_model(model_args: ModelArguments, training_args: EquiReconTrainingArguments) -> EquiReconForPreTraining:
-    """A new model from a preset (or a transformers encoder checkpoint), or an EquiRecon checkpoint to continue."""
+    """A new model from a preset or a transformers encoder checkpoint (`--init_from`), or an EquiRecon checkpoint to
+    continue."""
     overrides = parse_config_overrides(model_args.config_overrides)
     for name in ("num_intermediates", "reconstruction_weight", "ssl_weight"):  # the config owns them
         if getattr(training_args, name) is not None:
@@ -55,18 +60,80 @@ def build_model(model_args: ModelArguments, training_args: EquiReconTrainingArgu
         return EquiReconForPreTraining.from_pretrained(
             model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code, **overrides
         )
+    if model_args.init_from:
+        return warm_start(model_args, overrides)
     try:
-        config = EquiReconConfig.from_preset(model_args.preset, **overrides)
+        config = EquiReconConfig.from_preset(model_args.preset or "tiny", **overrides)
         if model_args.image_size is not None:
             config.backbone_config.image_size = model_args.image_size
             config = EquiReconConfig(**config.to_dict())  # validate the new size
     except (ValueError, TypeError) as error:
         raise ArgumentError(str(error)) from error
-    if model_args.backbone_name_or_path:
-        return EquiReconForPreTraining.from_pretrained_backbone(
-            model_args.backbone_name_or_path, config=config, backbone_kwargs={"trust_remote_code": False}
-        )
     return EquiReconForPreTraining(config)
+
+
+#: Encoder sizes a preset fixes; with `--init_from` they are the checkpoint's, and a preset must agree.
+ENCODER_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size", "image_size")
+
+
+def warm_start(model_args: ModelArguments, overrides: dict[str, Any]) -> EquiReconForPreTraining:
+    """The encoder of `--init_from` with fresh heads and decoders: EquiRecon fields from the preset (if one is named)
+    and the overrides, the encoder's architecture from the checkpoint. Anything that would set the architecture too
+    is refused, naming both, before the weights are loaded."""
+    source = model_args.init_from
+    try:
+        checkpoint = pretrained_encoder_config(source, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise ArgumentError(f"--init_from {source}: {error}") from error
+    own_fields = inspect.signature(EquiReconConfig.__init__).parameters
+    encoder_overrides = [
+        key for key in overrides if key == "backbone_config" or (key not in own_fields and hasattr(checkpoint, key))
+    ]
+    if encoder_overrides:
+        raise ArgumentError(
+            f"--config_overrides sets {', '.join(encoder_overrides)}, but with --init_from {source} the encoder's "
+            "architecture is the checkpoint's: drop them (--image_size changes the input size)."
+        )
+    fields: dict[str, Any] = {}
+    if model_args.preset:
+        if model_args.preset not in PRESETS:
+            raise ArgumentError(f"Unknown preset {model_args.preset!r}; choose one of {sorted(PRESETS)}.")
+        preset = copy.deepcopy(PRESETS[model_args.preset])
+        preset_encoder = preset.pop("backbone_config")
+        compared = [name for name in ENCODER_SIZES if name != "image_size" or model_args.image_size is None]
+        differ = [name for name in compared if preset_encoder.get(name) != getattr(checkpoint, name, None)]
+        if differ:
+            ours = ", ".join(f"{name}={preset_encoder.get(name)}" for name in differ)
+            theirs = ", ".join(f"{name}={getattr(checkpoint, name, None)}" for name in differ)
+            raise ArgumentError(
+                f"--preset {model_args.preset} ({ours}) conflicts with --init_from {source} ({theirs}): the encoder's "
+                "architecture is the checkpoint's. Leave out --preset (--preset None after a recipe) to get "
+                "EquiReconConfig's heads, and set them with --config_overrides"
+                + (", the size with --image_size." if "image_size" in differ else ".")
+            )
+        fields.update(preset)
+    fields.update(overrides)
+    try:
+        return EquiReconForPreTraining.from_pretrained_backbone(
+            source, image_size=model_args.image_size, backbone_kwargs={"trust_remote_code": False}, **fields
+        )
+    except (OSError, ValueError, TypeError) as error:
+        raise ArgumentError(f"--init_from {source}: {error}") from error
+
+
+def image_statistics(model_args: ModelArguments) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the model inputs: a checkpoint's own (ViT checkpoints use 0.5, DINOv2 ImageNet's),
+    so that a warm-started encoder sees what it was trained on; ImageNet's for a new model."""
+    source = model_args.init_from or model_args.model_name_or_path
+    if source:
+        try:
+            processor, _ = ImageProcessingMixin.get_image_processor_dict(source)
+        except OSError:
+            processor = {}
+        if processor.get("image_mean") and processor.get("image_std"):
+            return tuple(processor["image_mean"]), tuple(processor["image_std"])
+        logger.warning("%s has no image processor with image_mean and image_std: normalising as ImageNet.", source)
+    return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
 
 
 def build_datasets(
@@ -74,8 +141,11 @@ def build_datasets(
     training_args: EquiReconTrainingArguments,
     transformation: TransformationConfig,
     image_size: int,
+    image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
 ) -> tuple[Any, list[dict[str, torch.Tensor]] | None]:
-    """The endless training stream of transform pairs and a fixed, map-style evaluation set (or None)."""
+    """The endless training stream of transform pairs and a fixed, map-style evaluation set (or None), normalised
+    with `image_mean` and `image_std`."""
     load_kwargs = {"name": data_args.dataset_config_name} if data_args.dataset_config_name else {}
     try:
         train_images = load_images(
@@ -90,8 +160,8 @@ def build_datasets(
             transformation,
             view_preset=preset,
             size=image_size,
-            image_mean=IMAGENET_DEFAULT_MEAN,
-            image_std=IMAGENET_DEFAULT_STD,
+            image_mean=image_mean,
+            image_std=image_std,
             crop_scale=tuple(training_args.crop_scale),
             seed=seed,
             # Every process gets its own augmentation stream (Trainer seeds all ranks alike).
@@ -141,9 +211,12 @@ def save_reconstruction_figure(
     transformation: TransformationConfig,
     path: Path,
     num_examples: int = 4,
+    image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
 ) -> Path:
     """Rows: examples. Columns: v1, u, the K targets, v2 (also the copy baseline's answer for every target), then
-    the K reconstructions, each labelled with its error and the copy baseline's on that target; all de-normalised."""
+    the K reconstructions, each labelled with its error and the copy baseline's on that target; all de-normalised
+    with `image_mean` and `image_std`, the statistics the batch was normalised with."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,8 +232,8 @@ def save_reconstruction_figure(
         batch["transform_params"],
         transformation,
         k,
-        image_mean=IMAGENET_DEFAULT_MEAN,
-        image_std=IMAGENET_DEFAULT_STD,
+        image_mean=image_mean,
+        image_std=image_std,
         output_size=size,
     )
     with torch.no_grad():
@@ -170,8 +243,8 @@ def save_reconstruction_figure(
             return_loss=False,
             output_reconstructions=True,
         )
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_DEFAULT_STD, device=device).view(3, 1, 1)
+    mean = torch.tensor(image_mean, device=device).view(3, 1, 1)
+    std = torch.tensor(image_std, device=device).view(3, 1, 1)
 
     def image(tensor: torch.Tensor):
         return (tensor * std + mean).clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
@@ -258,7 +331,10 @@ def run(
     except ValueError as error:
         raise ArgumentError(str(error)) from error
     config.transformation = transformation.to_dict()
-    train_dataset, eval_dataset = build_datasets(data_args, training_args, transformation, config.image_size)
+    image_mean, image_std = image_statistics(model_args)
+    train_dataset, eval_dataset = build_datasets(
+        data_args, training_args, transformation, config.image_size, image_mean, image_std
+    )
     if eval_dataset is None and data_args.validation_split:  # the source has no such split: record that
         data_args = replace(data_args, validation_split=None)
         wants_benchmark = False
@@ -267,8 +343,8 @@ def run(
     # needs no torchvision here.
     image_processor = ViTImageProcessorPil(
         size={"height": config.image_size, "width": config.image_size},
-        image_mean=list(IMAGENET_DEFAULT_MEAN),
-        image_std=list(IMAGENET_DEFAULT_STD),
+        image_mean=list(image_mean),
+        image_std=list(image_std),
     )
     trainer = EquiReconTrainer(
         model=model,
@@ -278,12 +354,15 @@ def run(
         data_collator=collate_transform_pairs,
         processing_class=image_processor,
         transformation=transformation,
-        image_mean=IMAGENET_DEFAULT_MEAN,
-        image_std=IMAGENET_DEFAULT_STD,
+        image_mean=image_mean,
+        image_std=image_std,
     )
     logger.info(
         "Pretraining %s (%d parameters) on %s with g=%s, K=%d, λ=%s, effective batch %d, lr %.3g, %d steps.",
-        model_args.preset if not model_args.model_name_or_path else model_args.model_name_or_path,
+        model_args.model_name_or_path
+        or (f"an encoder initialised from {model_args.init_from}" if model_args.init_from else None)
+        or model_args.preset
+        or "tiny",
         model.num_parameters(),
         data_args.dataset,
         transformation.family,
@@ -308,7 +387,14 @@ def run(
         (output_dir / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
         if eval_dataset:
             figure_batch = collate_transform_pairs(eval_dataset[:4])
-            save_reconstruction_figure(trainer.model, figure_batch, transformation, output_dir / "reconstructions.png")
+            save_reconstruction_figure(
+                trainer.model,
+                figure_batch,
+                transformation,
+                output_dir / "reconstructions.png",
+                image_mean=image_mean,
+                image_std=image_std,
+            )
         record = {
             "model_arguments": asdict(model_args),
             "data_arguments": asdict(data_args),
@@ -331,6 +417,7 @@ def run(
                     "view_preset",
                 }
             },
+            "init_from": _initialisation_record(model_args.init_from, config),
             "effective_batch_size": training_args.effective_batch_size,
             "world_size": training_args.world_size,
             "reconstruction_weight": config.reconstruction_weight,
@@ -357,6 +444,17 @@ def run(
         card = write_model_card(output_dir)
         logger.info("Wrote %s; the model loads with AutoModel.from_pretrained(%r).", card, str(output_dir))
     return metrics
+
+
+def _initialisation_record(source: str | None, config: EquiReconConfig) -> dict[str, Any] | None:
+    """Which checkpoint the encoder started from, for the model card (`local`: a directory, not a Hub id)."""
+    if not source:
+        return None
+    return {
+        "checkpoint": source,
+        "local": Path(source).expanduser().is_dir(),
+        "model_type": config.backbone_config.model_type,
+    }
 
 
 def _last_logged_losses(history: list[dict[str, Any]]) -> dict[str, float]:
