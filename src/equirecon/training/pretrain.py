@@ -36,6 +36,7 @@ from ..modeling import EquiReconConfig, EquiReconForPreTraining
 from ..modeling.modeling_equirecon import masked_mse
 from .arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
 from .data import build_transform_pair_dataset, collate_transform_pairs
+from .masking import BlockMaskGenerator
 from .trainer import EquiReconTrainer
 from .views import TransformPairMaker
 
@@ -74,8 +75,10 @@ def build_datasets(
     training_args: EquiReconTrainingArguments,
     transformation: TransformationConfig,
     image_size: int,
+    mask_generator: BlockMaskGenerator | None = None,
 ) -> tuple[Any, list[dict[str, torch.Tensor]] | None]:
-    """The endless training stream of transform pairs and a fixed, map-style evaluation set (or None)."""
+    """The endless training stream of transform pairs and a fixed, map-style evaluation set (or None); with a
+    `mask_generator` (iBOT, DINOv2), every pair carries the student's `bool_masked_pos`."""
     load_kwargs = {"name": data_args.dataset_config_name} if data_args.dataset_config_name else {}
     try:
         train_images = load_images(
@@ -96,6 +99,7 @@ def build_datasets(
             seed=seed,
             # Every process gets its own augmentation stream (Trainer seeds all ranks alike).
             rank=training_args.process_index,
+            mask_generator=mask_generator,
         )
 
     try:
@@ -258,7 +262,10 @@ def run(
     except ValueError as error:
         raise ArgumentError(str(error)) from error
     config.transformation = transformation.to_dict()
-    train_dataset, eval_dataset = build_datasets(data_args, training_args, transformation, config.image_size)
+    mask_generator = BlockMaskGenerator.from_config(config) if config.uses_masks else None
+    train_dataset, eval_dataset = build_datasets(
+        data_args, training_args, transformation, config.image_size, mask_generator=mask_generator
+    )
     if eval_dataset is None and data_args.validation_split:  # the source has no such split: record that
         data_args = replace(data_args, validation_split=None)
         wants_benchmark = False

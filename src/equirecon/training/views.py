@@ -28,6 +28,7 @@ from ..imaging.context import context_side, reflect_into_box, widen_box
 from ..imaging.decoding import ImageLike, to_rgb_uint8
 from ..imaging.transformations import TransformationConfig
 from ..imaging.workers import seed_view_transform, worker_context
+from .masking import BlockMaskGenerator
 
 __all__ = [
     "VIEW_PRESETS",
@@ -182,6 +183,9 @@ class TransformPairMaker:
     ``u`` (``base_pixel_values``) is ``base_size`` pixels square: the view plus a context margin of
     ``context`` × ``size`` (default: :attr:`TransformationConfig.context_ratio`, the least that keeps the largest θ
     inside real pixels; 1 for black fill). v1 is ``size`` pixels square.
+
+    With a ``mask_generator`` (iBOT, DINOv2: :meth:`BlockMaskGenerator.from_config`), each example also carries
+    ``bool_masked_pos`` (2, num_patches): the student's masks of v1 and v2, from a random stream of their own.
     """
 
     def __init__(
@@ -197,6 +201,7 @@ class TransformPairMaker:
         rank: int | None = None,
         min_image_size: int = 32,
         context: float | None = None,
+        mask_generator: BlockMaskGenerator | None = None,
     ) -> None:
         if not isinstance(transformation, TransformationConfig):
             raise TypeError(f"transformation must be a TransformationConfig, got {type(transformation).__name__}")
@@ -214,6 +219,7 @@ class TransformPairMaker:
         self.seed = seed
         self.rank = rank
         self.min_image_size = min_image_size
+        self.mask_generator = mask_generator
         common: dict[str, Any] = {"image_mean": image_mean, "image_std": image_std, "crop_scale": crop_scale}
         ratio = transformation.context_ratio if context is None else context
         # u is A2's view box (drawn like A1's, at view size) inside a margin of the photo around it, from which g_θ
@@ -223,17 +229,21 @@ class TransformPairMaker:
         self.view2 = build_view_transform(view_preset, size, view=2, context=ratio, **common)
         self.base_size = context_side(size, ratio)
         self._generator: np.random.Generator | None = None
+        self._mask_generator_rng: np.random.Generator | None = None
         self._seeded_for: tuple | None = None
 
     def __call__(self, image: ImageLike) -> dict[str, torch.Tensor]:
         self._ensure_seeded()
         array = to_rgb_uint8(image, min_size=self.min_image_size)
         theta = self.transformation.sample(1, self._generator)[0]
-        return {
+        example = {
             "pixel_values": self.view1(image=array)["image"],
             "base_pixel_values": self.view2(image=array)["image"],
             "transform_params": torch.from_numpy(theta),
         }
+        if self.mask_generator is not None:
+            example["bool_masked_pos"] = torch.from_numpy(self.mask_generator(self._mask_generator_rng))
+        return example
 
     def __repr__(self) -> str:
         return (
@@ -254,8 +264,10 @@ class TransformPairMaker:
         if context == self._seeded_for:
             return
         sequence = np.random.SeedSequence([self.seed, self.resolved_rank, context[2] or 0])
-        view1_seed, view2_seed, theta_seed = sequence.spawn(3)
+        # The first three children are those of spawn(3): the masks' stream leaves the others unchanged.
+        view1_seed, view2_seed, theta_seed, mask_seed = sequence.spawn(4)
         seed_view_transform(self.view1, view1_seed)
         seed_view_transform(self.view2, view2_seed)
         self._generator = np.random.default_rng(theta_seed)
+        self._mask_generator_rng = np.random.default_rng(mask_seed)
         self._seeded_for = context
