@@ -1,14 +1,19 @@
 """The DINO family (DINO, iBOT, DINOv2): losses against their definitions, the EMA teacher in training (gradients,
 EMA, accumulation, resume), block masking, and saving/exporting."""
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import TINY_BACKBONE, tiny_config
-from trainer_helpers import TRANSFORMATION, training_arguments
+from model_helpers import tiny_config
+from trainer_helpers import dino_config, dino_trainer, pair_stream
 from transformers import TrainerCallback, set_seed
 
 from equirecon import EquiReconForPreTraining, EquiReconModel
@@ -22,17 +27,8 @@ from equirecon.modeling.objectives import (
     teacher_momentum_schedule,
     teacher_temperature_schedule,
 )
-from equirecon.training.data import build_transform_pair_dataset, collate_transform_pairs, load_images
+from equirecon.training.data import collate_transform_pairs
 from equirecon.training.masking import BlockMaskGenerator
-from equirecon.training.trainer import EquiReconTrainer
-from equirecon.training.views import TransformPairMaker
-
-SMALL_HEADS = {"dino_out_dim": 32, "dino_hidden_dim": 32, "dino_bottleneck_dim": 8, "ibot_out_dim": 24}
-
-
-def dino_config(objective="dino", **overrides):
-    backbone = {**TINY_BACKBONE, "use_mask_token": objective != "dino"}
-    return tiny_config(ssl_objective=objective, backbone_config=backbone, **{**SMALL_HEADS, **overrides})
 
 
 def batch(batch_size=4, masked=False, seed=0):
@@ -250,36 +246,12 @@ def test_the_pair_stream_carries_masks_of_the_configured_grid():
     config = dino_config("ibot")
     generator = BlockMaskGenerator.from_config(config)
     assert (generator.grid_size, generator.ratio_range, generator.probability) == (4, (0.1, 0.5), 0.5)
-    examples = list(masked_pair_stream(config).take(6))
+    examples = list(pair_stream(mask_generator=generator).take(6))
     collated = collate_transform_pairs(examples)
     assert collated["bool_masked_pos"].shape == (6, 2, 16) and collated["bool_masked_pos"].dtype == torch.bool
 
 
 # ---------------------------------------------------------------------------------------------- training
-
-
-def masked_pair_stream(config, seed=0):
-    maker = TransformPairMaker(
-        TRANSFORMATION,
-        view_preset="crop-only",
-        size=32,
-        seed=seed,
-        rank=0,
-        mask_generator=BlockMaskGenerator.from_config(config) if config.uses_masks else None,
-    )
-    return build_transform_pair_dataset(load_images("embedded"), maker, shuffle_seed=seed, repeat=None)
-
-
-def dino_trainer(output_dir, objective="dino", model_overrides=None, **argument_overrides):
-    set_seed(0)
-    config = dino_config(objective, **(model_overrides or {}))
-    return EquiReconTrainer(
-        model=EquiReconForPreTraining(config),
-        args=training_arguments(output_dir, **argument_overrides),
-        train_dataset=masked_pair_stream(config),
-        data_collator=collate_transform_pairs,
-        transformation=TRANSFORMATION,
-    )
 
 
 class StudentSnapshots(TrainerCallback):
@@ -453,3 +425,23 @@ def test_export_teacher_gives_the_teacher_as_an_equirecon_model(tmp_path):
         assert torch.allclose(reloaded(pixels).invariant_embeds, expected)
     with pytest.raises(ValueError, match="has no EMA teacher"):
         EquiReconForPreTraining(tiny_config()).export_teacher()
+
+
+def test_two_processes_keep_one_teacher_without_syncing_its_gradients(tmp_path):
+    # DDP: the student is synchronised, the teacher (no gradients) is left out of the reducer yet stays identical on
+    # every rank, and the centres average over both ranks' batches.
+    script = Path(__file__).parent / "scripts" / "distributed_dino.py"
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    port = str(29700 + os.getpid() % 1000)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    result = subprocess.run(
+        [*command, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"dino-rank{rank}.json").read_text()) for rank in range(2)]
+    assert ranks[0]["world_size"] == 2
+    assert not ranks[0]["teacher_requires_grad"]
+    for key in ("student", "teacher", "centres"):
+        assert ranks[0][key] == pytest.approx(ranks[1][key], rel=1e-5), key
+    assert any(value != 0 for value in ranks[0]["centres"].values())
