@@ -445,3 +445,22 @@ def test_two_processes_keep_one_teacher_without_syncing_its_gradients(tmp_path):
     for key in ("student", "teacher", "centres"):
         assert ranks[0][key] == pytest.approx(ranks[1][key], rel=1e-5), key
     assert any(value != 0 for value in ranks[0]["centres"].values())
+
+
+def test_pretrain_command_trains_an_ibot_host_and_saves_the_student(tmp_path):
+    from transformers import AutoModel, AutoModelForPreTraining
+
+    from equirecon.cli import main as cli_main
+
+    arguments = ["pretrain", "--output_dir", str(tmp_path), "--preset", "tiny-ibot", "--max_steps", "2"]
+    arguments += ["--per_device_train_batch_size", "4", "--logging_steps", "1", "--max_eval_samples", "4"]
+    assert cli_main([*arguments, "--equivariance_benchmark", "False", "--disable_tqdm", "True"]) == 0
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    assert [entry["step"] for entry in log if "ssl_loss" in entry] == [1, 2]
+    pretraining = AutoModelForPreTraining.from_pretrained(tmp_path, trust_remote_code=True)
+    assert pretraining.teacher.initialized and pretraining.config.ssl_objective == "ibot"
+    student = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
+    assert isinstance(student, EquiReconModel)
+    reference = pretraining.equirecon.state_dict()
+    assert all(torch.equal(value, reference[name]) for name, value in student.state_dict().items())
+    assert "the CLS and masked patch tokens" in (tmp_path / "README.md").read_text()

@@ -71,6 +71,31 @@ _IBOT = {
     "teacher_momentum": 0.996,
 }
 
+# A ViT small enough to pretrain on two CPU cores in minutes: 64² crops, 8×8 patches.
+_TINY: dict[str, Any] = {
+    "backbone_config": {
+        "model_type": "dinov2",
+        "hidden_size": 192,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 3,
+        "mlp_ratio": 4,
+        "patch_size": 8,
+        "image_size": 64,
+        "use_mask_token": False,
+    },
+    "d_patch": 256,
+    "d_equi": 128,
+    "ssl_objective": "vicreg",
+    "vicreg_expander_dims": [1024, 1024, 1024],
+    # At 64² the decoders are cheap next to the encoder, so they can be wider than the ViT-S/16 default.
+    "decoder_patch_channels": 16,
+    "decoder_hidden_channels": 32,
+    "transformation": {"family": "rotation"},
+    # A UPerNet head as wide as ViT-S/16's (512) would dwarf this encoder on a CPU.
+    "segmentation_channels": 64,
+    "auxiliary_channels": 32,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Paper, VICReg host in the SIE configuration (Table 1).
     "vicreg-vit-s16": {"backbone_config": _VIT_S16, "d_patch": 512, "d_equi": 256, "ssl_objective": "vicreg"},
@@ -100,29 +125,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "teacher_momentum": 0.992,
         "koleo_loss_weight": 0.1,
     },
-    # A ViT small enough to pretrain on two CPU cores in minutes: 64² crops, 8×8 patches.
-    "tiny": {
-        "backbone_config": {
-            "model_type": "dinov2",
-            "hidden_size": 192,
-            "num_hidden_layers": 6,
-            "num_attention_heads": 3,
-            "mlp_ratio": 4,
-            "patch_size": 8,
-            "image_size": 64,
-            "use_mask_token": False,
-        },
-        "d_patch": 256,
-        "d_equi": 128,
-        "ssl_objective": "vicreg",
-        "vicreg_expander_dims": [1024, 1024, 1024],
-        # At 64² the decoders are cheap next to the encoder, so they can be wider than the ViT-S/16 default.
-        "decoder_patch_channels": 16,
-        "decoder_hidden_channels": 32,
-        "transformation": {"family": "rotation"},
-        # A UPerNet head as wide as ViT-S/16's (512) would dwarf this encoder on a CPU.
-        "segmentation_channels": 64,
-        "auxiliary_channels": 32,
+    # Two CPU cores, minutes.
+    "tiny": _TINY,
+    # The tiny ViT as an iBOT host (mask token, 1024 shared prototypes), to try the DINO family on a CPU.
+    "tiny-ibot": {
+        **_TINY,
+        "backbone_config": {**_TINY["backbone_config"], "use_mask_token": True},
+        "ssl_objective": "ibot",
+        "dino_out_dim": 1024,
+        "dino_hidden_dim": 512,
     },
 }
 
