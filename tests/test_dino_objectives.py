@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from model_helpers import tiny_config
-from trainer_helpers import dino_config, dino_trainer, pair_stream
+from trainer_helpers import TRANSFORMATION, dino_config, dino_trainer, pair_stream
 from transformers import TrainerCallback, set_seed
 
 from equirecon import EquiReconForPreTraining, EquiReconModel
@@ -251,6 +251,46 @@ def test_the_pair_stream_carries_masks_of_the_configured_grid():
     assert collated["bool_masked_pos"].shape == (6, 2, 16) and collated["bool_masked_pos"].dtype == torch.bool
 
 
+# ---------------------------------------------------------------------------------------------- multi-crop
+
+
+def test_local_crops_join_the_cls_distillation_through_the_student_only():
+    model = EquiReconForPreTraining(dino_config("dino")).eval()
+    inputs = batch()
+    local = torch.randn(4, 3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    seen_by_teacher = []
+    model.teacher.equirecon.register_forward_hook(lambda module, args, output: seen_by_teacher.append(args[0].shape))
+    with torch.no_grad():
+        out = model(**inputs, local_pixel_values=local)
+        views = torch.cat([inputs["pixel_values"], inputs["transformed_pixel_values"]])
+        student = model.equirecon(views).invariant_embeds[:, 0].unflatten(0, (2, 4))
+        local_cls = model.equirecon(local.flatten(0, 1)).invariant_embeds[:, 0].unflatten(0, (4, 3)).transpose(0, 1)
+        teacher = model.teacher.equirecon(views).invariant_embeds[:, 0].unflatten(0, (2, 4))
+        heads, temperature = model.ssl_objective.heads, model.ssl_objective.teacher_temperature()
+        teacher_probs = F.softmax(heads.cls(teacher) / temperature, dim=-1)
+        expected = dino_cls_loss(heads.cls(torch.cat([student, local_cls])), teacher_probs, 0.1)  # 5 views, 2 global
+        without = model(**inputs)
+    assert out.ssl_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert seen_by_teacher[0] == (8, 3, 32, 32)  # the global views only
+    assert out.reconstruction_loss.item() == pytest.approx(without.reconstruction_loss.item())
+    with pytest.raises(ValueError, match="needs a DINO-family ssl_objective, got 'vicreg'"):
+        EquiReconForPreTraining(tiny_config())(**inputs, local_pixel_values=local)
+    with pytest.raises(ValueError, match=r"`local_pixel_values` has shape \(4, 3, 16, 16\)"):
+        model(**inputs, local_pixel_values=local[:, 0])
+
+
+def test_the_pair_stream_carries_local_crops():
+    from equirecon.training.views import TransformPairMaker
+
+    maker = TransformPairMaker(TRANSFORMATION, size=32, seed=0, rank=0, num_local_crops=3, local_size=16)
+    example = maker(np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8))
+    crops = example["local_pixel_values"]
+    assert crops.shape == (3, 3, 16, 16) and example["pixel_values"].shape == (3, 32, 32)
+    assert not torch.allclose(crops[0], crops[1])
+    collated = collate_transform_pairs([example, example])
+    assert collated["local_pixel_values"].shape == (2, 3, 3, 16, 16)
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -454,6 +494,7 @@ def test_pretrain_command_trains_an_ibot_host_and_saves_the_student(tmp_path):
 
     arguments = ["pretrain", "--output_dir", str(tmp_path), "--preset", "tiny-ibot", "--max_steps", "2"]
     arguments += ["--per_device_train_batch_size", "4", "--logging_steps", "1", "--max_eval_samples", "4"]
+    arguments += ["--local_crops_number", "2"]  # multi-crop: 24² local crops of the 64² tiny views
     assert cli_main([*arguments, "--equivariance_benchmark", "False", "--disable_tqdm", "True"]) == 0
     log = json.loads((tmp_path / "training_log.json").read_text())
     assert [entry["step"] for entry in log if "ssl_loss" in entry] == [1, 2]

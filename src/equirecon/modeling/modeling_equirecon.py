@@ -451,6 +451,7 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         bool_masked_pos: torch.Tensor | None = None,
+        local_pixel_values: torch.Tensor | None = None,
     ) -> EquiReconForPreTrainingOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
@@ -470,6 +471,9 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
             Patch tokens of the first and second view that the student sees as its mask token (iBOT, DINOv2; needed
             for their loss). The teacher sees the views unmasked. A pair with any masked token is left out of the
             reconstruction loss, so the decoders learn only from unmasked features.
+        local_pixel_values (`torch.FloatTensor` of shape `(batch_size, M, 3, size, size)`, *optional*):
+            Multi-crop local crops (DINO family): the student encodes them and distils their CLS token from the
+            teacher's two global views; the teacher and the decoders never see them.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values.shape != transformed_pixel_values.shape:
@@ -483,6 +487,19 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
             raise ValueError(f"Image size {height}×{width} must be a multiple of the patch size {patch}.")
         grid_size = (height // patch, width // patch)
         student_masks = self._check_masks(bool_masked_pos, batch_size, grid_size, return_loss)
+        if local_pixel_values is not None and self.teacher is None:
+            raise ValueError(
+                f"`local_pixel_values` (multi-crop) needs a DINO-family ssl_objective, got {self.config.ssl_objective!r}."
+            )
+        if local_pixel_values is not None and (
+            local_pixel_values.ndim != 5
+            or local_pixel_values.shape[0] != batch_size
+            or local_pixel_values.shape[2] != 3
+        ):
+            raise ValueError(
+                f"`local_pixel_values` has shape {tuple(local_pixel_values.shape)}, expected (batch_size={batch_size}, "
+                "num_local_crops, 3, size, size)."
+            )
 
         # Both views in one encoder call: one pass over the weights, and batch statistics stay per view in the heads.
         views = torch.cat([pixel_values, transformed_pixel_values], dim=0)
@@ -501,7 +518,7 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
         ssl_loss = reconstruction_loss = loss = None
         if return_loss:
             if self.teacher is not None:
-                ssl_loss = self._distillation_loss(views, invariant, bool_masked_pos)
+                ssl_loss = self._distillation_loss(views, invariant, bool_masked_pos, local_pixel_values)
             else:
                 ssl_loss = self.ssl_objective(pooled_invariant[0], pooled_invariant[1])
             loss = self.config.ssl_weight * ssl_loss
@@ -563,15 +580,25 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
         return bool_masked_pos.bool().transpose(0, 1).flatten(0, 1)
 
     def _distillation_loss(
-        self, views: torch.Tensor, invariant: torch.Tensor, bool_masked_pos: torch.Tensor | None
+        self,
+        views: torch.Tensor,
+        invariant: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None,
+        local_pixel_values: torch.Tensor | None,
     ) -> torch.Tensor:
-        """The DINO-family loss: the teacher encodes the unmasked views without gradient, the objective compares."""
+        """The DINO-family loss: the teacher encodes the unmasked global views without gradient, the student its
+        local crops (a second encoder call: they have another size), and the objective compares."""
         self._ensure_teacher_initialized()
         with torch.no_grad():
             teacher_invariant = self.teacher.equirecon(views, return_dict=True).invariant_embeds
+        local_cls = None
+        if local_pixel_values is not None:
+            batch_size, num_crops = local_pixel_values.shape[:2]
+            local = self.equirecon(local_pixel_values.flatten(0, 1), interpolate_pos_encoding=True, return_dict=True)
+            local_cls = local.invariant_embeds[:, 0].unflatten(0, (batch_size, num_crops)).transpose(0, 1)
         masks = bool_masked_pos.bool().transpose(0, 1) if bool_masked_pos is not None else None
         return self.ssl_objective(
-            invariant, teacher_invariant.unflatten(0, invariant.shape[:2]), self.teacher.heads, masks
+            invariant, teacher_invariant.unflatten(0, invariant.shape[:2]), self.teacher.heads, masks, local_cls
         )
 
 

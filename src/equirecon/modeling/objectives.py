@@ -447,10 +447,12 @@ class DINOObjective(SSLObjective):
         teacher_tokens: torch.Tensor,
         teacher_heads: DINOHeads,
         bool_masked_pos: torch.Tensor | None = None,
+        student_local_cls: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`student_tokens` (V, B, T, d_inv) and `teacher_tokens` (2, B, T, d_inv): per-token invariant features,
-        prefix tokens first, of the V student views and the two global views; `bool_masked_pos` (2, B, N): the patch
-        tokens masked in the student's global views (iBOT, DINOv2)."""
+        """`student_tokens` and `teacher_tokens` (2, B, T, d_inv): per-token invariant features, prefix tokens
+        first, of the two global views; `bool_masked_pos` (2, B, N): the patch tokens masked in the student's
+        global views (iBOT, DINOv2); `student_local_cls` (M, B, d_inv): the student's CLS features of M local crops
+        (multi-crop), distilled from the teacher's global views like the other global view."""
         if self.uses_masks and bool_masked_pos is None:
             raise ValueError("The masked-patch loss needs `bool_masked_pos` (2, batch, num_patches).")
         temperature = self.teacher_temperature()
@@ -458,14 +460,13 @@ class DINOObjective(SSLObjective):
         with torch.no_grad():
             teacher_logits = teacher_heads.cls(teacher_cls).float()
             teacher_probs = self._teacher_probs(teacher_logits.flatten(0, 1), self.cls_centering, temperature)
-        loss = dino_cls_loss(
-            self.heads.cls(student_cls), teacher_probs.view_as(teacher_logits), self.student_temperature
-        )
+        all_cls = student_cls if student_local_cls is None else torch.cat([student_cls, student_local_cls])
+        loss = dino_cls_loss(self.heads.cls(all_cls), teacher_probs.view_as(teacher_logits), self.student_temperature)
         if self.koleo_loss_weight > 0:
             loss = loss + self.koleo_loss_weight * sum(koleo_loss(view) for view in student_cls)
         if self.uses_masks:
             loss = loss + self.patch_loss_weight * self._patch_loss(
-                student_tokens[:2, :, self.num_prefix_tokens :],
+                student_tokens[:, :, self.num_prefix_tokens :],
                 teacher_tokens[:, :, self.num_prefix_tokens :],
                 teacher_heads,
                 bool_masked_pos.bool(),

@@ -76,9 +76,11 @@ def build_datasets(
     transformation: TransformationConfig,
     image_size: int,
     mask_generator: BlockMaskGenerator | None = None,
+    local_size: int | None = None,
 ) -> tuple[Any, list[dict[str, torch.Tensor]] | None]:
     """The endless training stream of transform pairs and a fixed, map-style evaluation set (or None); with a
-    `mask_generator` (iBOT, DINOv2), every pair carries the student's `bool_masked_pos`."""
+    `mask_generator` (iBOT, DINOv2), every pair carries the student's `bool_masked_pos`, and with
+    `--local_crops_number` its `local_pixel_values` (`local_size` pixels square)."""
     load_kwargs = {"name": data_args.dataset_config_name} if data_args.dataset_config_name else {}
     try:
         train_images = load_images(
@@ -100,6 +102,9 @@ def build_datasets(
             # Every process gets its own augmentation stream (Trainer seeds all ranks alike).
             rank=training_args.process_index,
             mask_generator=mask_generator,
+            num_local_crops=training_args.local_crops_number,
+            local_size=local_size or image_size,
+            local_crop_scale=tuple(training_args.local_crops_scale),
         )
 
     try:
@@ -263,8 +268,18 @@ def run(
         raise ArgumentError(str(error)) from error
     config.transformation = transformation.to_dict()
     mask_generator = BlockMaskGenerator.from_config(config) if config.uses_masks else None
+    if training_args.local_crops_number and not config.uses_teacher:
+        raise ArgumentError(f"--local_crops_number needs a DINO-family ssl_objective, not {config.ssl_objective!r}.")
+    local_size = training_args.local_crops_size or config.patch_size * max(
+        1, round(config.image_size * 96 / 224 / config.patch_size)
+    )
     train_dataset, eval_dataset = build_datasets(
-        data_args, training_args, transformation, config.image_size, mask_generator=mask_generator
+        data_args,
+        training_args,
+        transformation,
+        config.image_size,
+        mask_generator=mask_generator,
+        local_size=local_size,
     )
     if eval_dataset is None and data_args.validation_split:  # the source has no such split: record that
         data_args = replace(data_args, validation_split=None)

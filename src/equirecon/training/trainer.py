@@ -122,6 +122,7 @@ class EquiReconTrainer(Trainer):
             intermediate_pixel_values=pair.targets if with_reconstruction else None,
             intermediate_mask=pair.target_masks if with_reconstruction else None,
             bool_masked_pos=inputs.get("bool_masked_pos"),
+            local_pixel_values=inputs.get("local_pixel_values"),
             return_loss=True,
         )
         loss = outputs.loss
