@@ -351,7 +351,9 @@ class DINOObjective(SSLObjective):
 
     The teacher's temperature follows `teacher_temperature_schedule` at the step given by `set_progress` (the
     trainer sets it from `global_step` at every optimizer step, so a resumed run continues the schedule exactly).
-    Centres move only in training mode: evaluating does not change the training state.
+    Before any progress is set the run's length is unknown: a warm-up given as a fraction is then over and the
+    teacher uses its final temperature. Centres move only in training mode: evaluating does not change the training
+    state.
 
     Args:
         patch_loss_weight: weight of the masked-patch term; 0 is DINO.
