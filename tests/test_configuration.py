@@ -3,9 +3,9 @@ import torch
 from model_helpers import TINY_BACKBONE, tiny_config
 from transformers import AutoConfig, ViTConfig
 
-from equirecon import PRESETS, EquiReconConfig
-from equirecon.modeling.configuration_equirecon import SSL_OBJECTIVES
-from equirecon.modeling.objectives import build_objective
+from equirecon import PRESETS, EquiReconConfig, EquiReconForPreTraining
+from equirecon.modeling.configuration_equirecon import MASKED_OBJECTIVES, SSL_OBJECTIVES
+from equirecon.modeling.objectives import SSLObjective, build_objective
 
 
 def test_default_is_vit_s16_dinov2():
@@ -27,6 +27,18 @@ def test_presets_match_the_paper():
     with pytest.raises(ValueError, match="Unknown preset 'nope'"):
         EquiReconConfig.from_preset("nope")
     assert set(PRESETS) >= {"vicreg-vit-s16", "simclr-vit-s16", "tiny"}
+
+
+def test_dino_family_presets_match_the_paper_split_sizes():
+    for name, hidden in (("ibot-vit-s16", 384), ("ibot-vit-l16", 1024)):
+        ibot = EquiReconConfig.from_preset(name)
+        assert (ibot.ssl_objective, ibot.d_patch, ibot.d_equi, ibot.hidden_size) == ("ibot", 8192, 2048, hidden)
+        assert ibot.dino_out_dim == 8192 and not ibot.ibot_separate_head and ibot.uses_masks
+        assert ibot.backbone_config.use_mask_token
+    dinov2 = EquiReconConfig.from_preset("dinov2-vit-l16")
+    assert (dinov2.ssl_objective, dinov2.d_patch, dinov2.d_equi, dinov2.hidden_size) == ("dinov2", 2048, 512, 1024)
+    assert (dinov2.dino_out_dim, dinov2.koleo_loss_weight, dinov2.teacher_momentum) == (65536, 0.1, 0.992)
+    assert dinov2.mask_ratio_range == [0.1, 0.5] and dinov2.mask_probability == 0.5
 
 
 def test_save_and_reload_round_trip(tmp_path):
@@ -63,7 +75,15 @@ def test_any_vit_family_backbone_is_accepted():
         ({"d_patch": 1, "d_equi": 1}, r"`d_patch` must be an integer >= 2"),
         ({"num_intermediates": 0}, r"`num_intermediates` \(K\) must be an integer >= 1"),
         ({"reconstruction_weight": -1.0}, r"`reconstruction_weight` \(λ\) must be >= 0"),
-        ({"ssl_objective": "byol"}, r"`ssl_objective` must be one of \('vicreg', 'simclr'\), got 'byol'"),
+        ({"ssl_objective": "ibot"}, "masks patch tokens, but the encoder has no mask token"),
+        ({"dino_centering": "mean"}, "`dino_centering` must be one of"),
+        ({"mask_ratio_range": [0.5, 0.1]}, "`mask_ratio_range` must be"),
+        ({"teacher_momentum": 1.5}, r"`teacher_momentum` must be in \[0, 1\]"),
+        ({"dino_teacher_temperature": 0}, "`dino_teacher_temperature` must be > 0"),
+        (
+            {"ssl_objective": "byol"},
+            r"`ssl_objective` must be one of \('vicreg', 'simclr', 'dino', 'ibot', 'dinov2'\), got 'byol'",
+        ),
         ({"vicreg_std_coeff": -1.0}, r"`vicreg_std_coeff` must be >= 0"),
         ({"simclr_temperature": 0.0}, r"`simclr_temperature` must be > 0"),
         ({"vicreg_expander_dims": []}, r"`vicreg_expander_dims` must be a non-empty list"),
@@ -84,10 +104,21 @@ def test_invalid_configurations_name_the_field(overrides, message):
 
 def test_every_declared_objective_is_buildable_and_returns_a_scalar_loss():
     for name in SSL_OBJECTIVES:
-        config = tiny_config(ssl_objective=name)
-        objective = build_objective(config)
-        loss = objective(torch.randn(4, config.d_inv), torch.randn(4, config.d_inv))
-        assert loss.ndim == 0
+        masked = name in MASKED_OBJECTIVES
+        config = tiny_config(
+            ssl_objective=name,
+            backbone_config={**TINY_BACKBONE, "use_mask_token": masked},
+            dino_out_dim=32,
+            dino_hidden_dim=32,
+            dino_bottleneck_dim=8,
+        )
+        assert isinstance(build_objective(config), SSLObjective)
+        model = EquiReconForPreTraining(config)
+        masks = {"bool_masked_pos": torch.rand(4, 2, 16) < 0.3} if masked else {}
+        loss = model(
+            pixel_values=torch.randn(4, 3, 32, 32), transformed_pixel_values=torch.randn(4, 3, 32, 32), **masks
+        )
+        assert loss.ssl_loss.ndim == 0 and torch.isfinite(loss.ssl_loss)
 
 
 def test_prefix_tokens_come_from_the_config():

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import (
+    AutoModel,
     BertConfig,
     BertModel,
     Dinov2Config,
@@ -244,3 +245,18 @@ def test_bad_warm_starts_fail_with_one_line_before_training(checkpoints, tmp_pat
     assert len(error) == 1 and error[0].startswith("equirecon pretrain: error: ")
     assert fill(message) in error[0]
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "vit"])
+def test_masking_objective_keeps_the_checkpoints_weights_and_adds_a_mask_token(checkpoints, kind):
+    # iBOT masks student patch tokens: a ViT checkpoint has no mask token (it starts fresh), a DINOv2 one has one.
+    model = EquiReconForPreTraining.from_pretrained_backbone(checkpoints[kind], ssl_objective="ibot", **HEADS)
+    backbone = model.equirecon.backbone
+    assert backbone.embeddings.mask_token is not None
+    source = AutoModel.from_pretrained(checkpoints[kind]).state_dict()
+    assert torch.equal(
+        backbone.state_dict()["embeddings.patch_embeddings.projection.weight"],
+        source["embeddings.patch_embeddings.projection.weight"],
+    )
+    if kind == "dinov2":
+        assert torch.equal(backbone.embeddings.mask_token, source["embeddings.mask_token"])

@@ -53,6 +53,15 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _ssl_input(objective: str) -> str:
+    """What the host objective reads: the DINO family distils the CLS token (iBOT and DINOv2 also masked patches)."""
+    if objective == "dino":
+        return "the CLS token (EMA-teacher distillation)"
+    if objective in ("ibot", "dinov2"):
+        return "the CLS and masked patch tokens (EMA-teacher distillation)"
+    return "the mean of the patch tokens"
+
+
 def _transformation_ranges(transformation: dict[str, Any]) -> str:
     families = transformation.get("components") or [transformation["family"]]
     names = [name for family in families for name in _FAMILY_RANGES.get(family, ())]
@@ -301,7 +310,7 @@ def _pretrained_content(
         description=(
             f"A per-token linear head maps the encoder's tokens to {d_patch} channels, split in two:\n\n"
             "| part | channels | trained by | in the outputs |\n|---|---|---|---|\n"
-            f"| invariant | {d_patch - d_equi} (first) | {objective} on the mean of the patch tokens | "
+            f"| invariant | {d_patch - d_equi} (first) | {objective} on {_ssl_input(objective)} | "
             "`invariant_embeds` |\n"
             f"| equivariant | {d_equi} (last) | {k} decoders reconstructing the images at θ·k/{k + 1}, k = 1..{k} | "
             "`equivariant_embeds` |\n\n"

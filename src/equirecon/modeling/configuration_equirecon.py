@@ -12,8 +12,16 @@ from typing import Any
 
 from transformers import AutoConfig, Dinov2Config, PretrainedConfig
 
-SSL_OBJECTIVES = ("vicreg", "simclr")
-"""Host SSL objectives this release implements (DINO, iBOT and DINOv2 come later)."""
+SSL_OBJECTIVES = ("vicreg", "simclr", "dino", "ibot", "dinov2")
+"""Host SSL objectives this release implements."""
+
+TEACHER_OBJECTIVES = ("dino", "ibot", "dinov2")
+"""Objectives that distil an EMA teacher (the model keeps one; `EquiReconTrainer` updates it)."""
+
+MASKED_OBJECTIVES = ("ibot", "dinov2")
+"""Objectives that mask the student's patch tokens (the data pipeline makes `bool_masked_pos`)."""
+
+DINO_CENTERINGS = ("centering", "sinkhorn_knopp")
 
 SEGMENTATION_HEADS = ("linear", "upernet")
 
@@ -42,34 +50,90 @@ _VIT_S16 = {
     "use_mask_token": False,
 }
 
+_VIT_L16 = {
+    **_VIT_S16,
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+}
+
+# iBOT's ViT-S/16 recipe (bytedance/ibot README: 800 epochs, shared head, 8192 prototypes, teacher temperature
+# 0.04 → 0.07 over 30 epochs, norm_last_layer false, drop path 0.1, 1 epoch with the last layer frozen).
+_IBOT = {
+    "ssl_objective": "ibot",
+    "d_patch": 8192,
+    "d_equi": 2048,
+    "dino_out_dim": 8192,
+    "dino_norm_last_layer": False,
+    "dino_warmup_teacher_temperature_steps": 30 / 800,
+    "dino_freeze_last_layer_steps": 1 / 800,
+    "ibot_separate_head": False,
+    "teacher_momentum": 0.996,
+}
+
+# A ViT small enough to pretrain on two CPU cores in minutes: 64² crops, 8×8 patches.
+_TINY: dict[str, Any] = {
+    "backbone_config": {
+        "model_type": "dinov2",
+        "hidden_size": 192,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 3,
+        "mlp_ratio": 4,
+        "patch_size": 8,
+        "image_size": 64,
+        "use_mask_token": False,
+    },
+    "d_patch": 256,
+    "d_equi": 128,
+    "ssl_objective": "vicreg",
+    "vicreg_expander_dims": [1024, 1024, 1024],
+    # At 64² the decoders are cheap next to the encoder, so they can be wider than the ViT-S/16 default.
+    "decoder_patch_channels": 16,
+    "decoder_hidden_channels": 32,
+    "transformation": {"family": "rotation"},
+    # A UPerNet head as wide as ViT-S/16's (512) would dwarf this encoder on a CPU.
+    "segmentation_channels": 64,
+    "auxiliary_channels": 32,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Paper, VICReg host in the SIE configuration (Table 1).
     "vicreg-vit-s16": {"backbone_config": _VIT_S16, "d_patch": 512, "d_equi": 256, "ssl_objective": "vicreg"},
     # Paper Table 4, SimCLR host.
     "simclr-vit-s16": {"backbone_config": _VIT_S16, "d_patch": 512, "d_equi": 256, "ssl_objective": "simclr"},
-    # A ViT small enough to pretrain on two CPU cores in minutes: 64² crops, 8×8 patches.
-    "tiny": {
-        "backbone_config": {
-            "model_type": "dinov2",
-            "hidden_size": 192,
-            "num_hidden_layers": 6,
-            "num_attention_heads": 3,
-            "mlp_ratio": 4,
-            "patch_size": 8,
-            "image_size": 64,
-            "use_mask_token": False,
-        },
-        "d_patch": 256,
-        "d_equi": 128,
-        "ssl_objective": "vicreg",
-        "vicreg_expander_dims": [1024, 1024, 1024],
-        # At 64² the decoders are cheap next to the encoder, so they can be wider than the ViT-S/16 default.
-        "decoder_patch_channels": 16,
-        "decoder_hidden_channels": 32,
-        "transformation": {"family": "rotation"},
-        # A UPerNet head as wide as ViT-S/16's (512) would dwarf this encoder on a CPU.
-        "segmentation_channels": 64,
-        "auxiliary_channels": 32,
+    # Paper Table 4, iBOT host (ViT-S/16 and ViT-L/16; iBOT masks patch tokens, so the encoder has a mask token).
+    "ibot-vit-s16": {
+        **_IBOT,
+        "backbone_config": {**_VIT_S16, "use_mask_token": True, "drop_path_rate": 0.1},
+    },
+    "ibot-vit-l16": {
+        **_IBOT,
+        "backbone_config": {**_VIT_L16, "use_mask_token": True, "drop_path_rate": 0.1},
+    },
+    # Paper Table 4, DINOv2 host: ViT-L/16 for 100 ImageNet-1k epochs, DINOv2's `vitl16_short` configuration
+    # (facebookresearch/dinov2:dinov2/configs/ssl_default_config.yaml): 65 536 shared prototypes, KoLeo 0.1,
+    # momentum 0.992 → 1, teacher temperature 0.04 → 0.07 over 30 of 100 epochs, drop path 0.3, EMA centring (its
+    # ViT-L/14 and ViT-g/14 releases use Sinkhorn-Knopp: `dino_centering="sinkhorn_knopp"`).
+    "dinov2-vit-l16": {
+        "backbone_config": {**_VIT_L16, "use_mask_token": True, "drop_path_rate": 0.3},
+        "d_patch": 2048,
+        "d_equi": 512,
+        "ssl_objective": "dinov2",
+        "dino_out_dim": 65536,
+        "dino_warmup_teacher_temperature_steps": 0.3,
+        "dino_freeze_last_layer_steps": 0.01,
+        "teacher_momentum": 0.992,
+        "koleo_loss_weight": 0.1,
+    },
+    # Two CPU cores, minutes.
+    "tiny": _TINY,
+    # The tiny ViT as an iBOT host (mask token, 1024 shared prototypes), to try the DINO family on a CPU.
+    "tiny-ibot": {
+        **_TINY,
+        "backbone_config": {**_TINY["backbone_config"], "use_mask_token": True},
+        "ssl_objective": "ibot",
+        "dino_out_dim": 1024,
+        "dino_hidden_dim": 512,
     },
 }
 
@@ -117,6 +181,45 @@ class EquiReconConfig(PretrainedConfig):
             InfoNCE temperature.
         simclr_projector_dims (`list[int]`, *optional*, defaults to `[2048, 128]`):
             Widths of the SimCLR projector's linear layers.
+        dino_out_dim (`int`, *optional*, defaults to 65536):
+            Prototypes of the DINO head on the CLS token (DINO and DINOv2: 65 536; iBOT: 8192). DINO, iBOT and DINOv2
+            read the CLS token's invariant part; their EMA teacher is described in `EquiReconForPreTraining`.
+        dino_hidden_dim, dino_bottleneck_dim (`int`, *optional*, defaults to 2048, 256):
+            Width of the DINO head's 3-layer MLP and of its L2-normalised bottleneck.
+        dino_norm_last_layer (`bool`, *optional*, defaults to `True`):
+            Fix the norm of the head's weight-normalised last layer at 1 (DINO's `norm_last_layer`).
+        dino_student_temperature (`float`, *optional*, defaults to 0.1):
+            Student softmax temperature.
+        dino_teacher_temperature, dino_warmup_teacher_temperature (`float`, *optional*, defaults to 0.07, 0.04):
+            Teacher temperature after and at the start of its linear warm-up.
+        dino_warmup_teacher_temperature_steps (`float`, *optional*, defaults to 0.3):
+            Length of the teacher-temperature warm-up: optimizer steps if >= 1, else a fraction of the run
+            (the papers' 30 epochs: 0.3 of 100 epochs, 30/800 for iBOT's 800).
+        dino_center_momentum (`float`, *optional*, defaults to 0.9):
+            Momentum of the EMA centre of the teacher's scores.
+        dino_centering (`str`, *optional*, defaults to `"centering"`):
+            `"centering"` (EMA centre, DINO/iBOT) or `"sinkhorn_knopp"` (DINOv2's option).
+        dino_sinkhorn_iterations (`int`, *optional*, defaults to 3):
+            Sinkhorn-Knopp iterations.
+        dino_freeze_last_layer_steps (`float`, *optional*, defaults to 0.01):
+            The student heads' last layers get no update for this long (steps if >= 1, else a fraction of the run;
+            the papers freeze them for their first epoch).
+        teacher_momentum (`float`, *optional*, defaults to 0.996):
+            EMA momentum of the teacher at the first step, raised to 1 along a half cosine over the run.
+        ibot_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the masked-patch distillation term (iBOT, DINOv2).
+        ibot_separate_head (`bool`, *optional*, defaults to `False`):
+            Give the patch tokens their own head (DINOv2's `separate_head`) instead of sharing the CLS head.
+        ibot_out_dim (`int`, *optional*, defaults to 8192):
+            Prototypes of the separate patch head.
+        mask_ratio_range (`list[float]`, *optional*, defaults to `[0.1, 0.5]`):
+            Fraction of a masked view's patch tokens that block masking hides (iBOT, DINOv2), drawn uniformly.
+        mask_probability (`float`, *optional*, defaults to 0.5):
+            Probability that a pair's student views are masked. The two views of a pair are masked together and
+            the reconstruction loss counts only unmasked pairs, so the decoders learn from unmasked features only
+            (`docs/architecture.md`).
+        koleo_loss_weight (`float`, *optional*, defaults to 0.1):
+            Weight of DINOv2's KoLeo regulariser on the student's CLS features (DINOv2 only).
         decoder_patch_channels (`int`, *optional*, defaults to 8):
             Channels per pixel written by a decoder's linear layer, which maps each token to its own p×p patch.
         decoder_hidden_channels (`int`, *optional*, defaults to 8):
@@ -178,6 +281,25 @@ class EquiReconConfig(PretrainedConfig):
         vicreg_expander_dims: list[int] | tuple[int, ...] = (2048, 2048, 2048),
         simclr_temperature: float = 0.1,
         simclr_projector_dims: list[int] | tuple[int, ...] = (2048, 128),
+        dino_out_dim: int = 65536,
+        dino_hidden_dim: int = 2048,
+        dino_bottleneck_dim: int = 256,
+        dino_norm_last_layer: bool = True,
+        dino_student_temperature: float = 0.1,
+        dino_teacher_temperature: float = 0.07,
+        dino_warmup_teacher_temperature: float = 0.04,
+        dino_warmup_teacher_temperature_steps: float = 0.3,
+        dino_center_momentum: float = 0.9,
+        dino_centering: str = "centering",
+        dino_sinkhorn_iterations: int = 3,
+        dino_freeze_last_layer_steps: float = 0.01,
+        teacher_momentum: float = 0.996,
+        ibot_loss_weight: float = 1.0,
+        ibot_separate_head: bool = False,
+        ibot_out_dim: int = 8192,
+        mask_ratio_range: list[float] | tuple[float, float] = (0.1, 0.5),
+        mask_probability: float = 0.5,
+        koleo_loss_weight: float = 0.1,
         decoder_patch_channels: int = 8,
         decoder_hidden_channels: int = 8,
         transformation: dict[str, Any] | None = None,
@@ -222,6 +344,25 @@ class EquiReconConfig(PretrainedConfig):
         self.vicreg_expander_dims = list(vicreg_expander_dims)
         self.simclr_temperature = simclr_temperature
         self.simclr_projector_dims = list(simclr_projector_dims)
+        self.dino_out_dim = dino_out_dim
+        self.dino_hidden_dim = dino_hidden_dim
+        self.dino_bottleneck_dim = dino_bottleneck_dim
+        self.dino_norm_last_layer = dino_norm_last_layer
+        self.dino_student_temperature = dino_student_temperature
+        self.dino_teacher_temperature = dino_teacher_temperature
+        self.dino_warmup_teacher_temperature = dino_warmup_teacher_temperature
+        self.dino_warmup_teacher_temperature_steps = dino_warmup_teacher_temperature_steps
+        self.dino_center_momentum = dino_center_momentum
+        self.dino_centering = dino_centering
+        self.dino_sinkhorn_iterations = dino_sinkhorn_iterations
+        self.dino_freeze_last_layer_steps = dino_freeze_last_layer_steps
+        self.teacher_momentum = teacher_momentum
+        self.ibot_loss_weight = ibot_loss_weight
+        self.ibot_separate_head = ibot_separate_head
+        self.ibot_out_dim = ibot_out_dim
+        self.mask_ratio_range = [float(value) for value in mask_ratio_range]
+        self.mask_probability = mask_probability
+        self.koleo_loss_weight = koleo_loss_weight
         self.decoder_patch_channels = decoder_patch_channels
         self.decoder_hidden_channels = decoder_hidden_channels
         self.transformation = dict(transformation) if transformation is not None else dict(DEFAULT_TRANSFORMATION)
@@ -262,6 +403,16 @@ class EquiReconConfig(PretrainedConfig):
         return 1 + (getattr(backbone, "num_register_tokens", 0) or 0) + int(backbone.model_type == "deit")
 
     @property
+    def uses_teacher(self) -> bool:
+        """Whether the host objective distils an EMA teacher (`TEACHER_OBJECTIVES`)."""
+        return self.ssl_objective in TEACHER_OBJECTIVES
+
+    @property
+    def uses_masks(self) -> bool:
+        """Whether the host objective masks the student's patch tokens (`MASKED_OBJECTIVES`)."""
+        return self.ssl_objective in MASKED_OBJECTIVES
+
+    @property
     def hidden_size(self) -> int:
         return self.backbone_config.hidden_size
 
@@ -279,6 +430,41 @@ class EquiReconConfig(PretrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
+
+    def _validate_dino_family(self) -> None:
+        for name in (
+            "dino_out_dim",
+            "dino_hidden_dim",
+            "dino_bottleneck_dim",
+            "ibot_out_dim",
+            "dino_sinkhorn_iterations",
+        ):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
+        for name in ("dino_student_temperature", "dino_teacher_temperature", "dino_warmup_teacher_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}.")
+        for name in ("dino_center_momentum", "teacher_momentum", "mask_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)!r}.")
+        for name in ("dino_warmup_teacher_temperature_steps", "dino_freeze_last_layer_steps"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(
+                    f"`{name}` must be >= 0 (steps, or a fraction of the run if < 1), got {getattr(self, name)!r}."
+                )
+        for name in ("ibot_loss_weight", "koleo_loss_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
+        if self.dino_centering not in DINO_CENTERINGS:
+            raise ValueError(f"`dino_centering` must be one of {DINO_CENTERINGS}, got {self.dino_centering!r}.")
+        low_high = self.mask_ratio_range
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1] < 1:
+            raise ValueError(f"`mask_ratio_range` must be [low, high] with 0 < low <= high < 1, got {low_high!r}.")
+        if self.uses_masks and getattr(self.backbone_config, "use_mask_token", True) is False:
+            raise ValueError(
+                f"`ssl_objective` {self.ssl_objective!r} masks patch tokens, but the encoder has no mask token: set "
+                "`use_mask_token=True` in `backbone_config` (the 'ibot-vit-s16' and 'dinov2-vit-l16' presets do)."
+            )
 
     def _validate(self) -> None:
         """Fail at construction with the field, the value and what is allowed, never later inside `forward`."""
@@ -332,6 +518,7 @@ class EquiReconConfig(PretrainedConfig):
             dims = getattr(self, name)
             if not dims or any(not isinstance(d, int) or d < 1 for d in dims):
                 raise ValueError(f"`{name}` must be a non-empty list of positive integers, got {dims!r}.")
+        self._validate_dino_family()
         for name in ("decoder_patch_channels", "decoder_hidden_channels"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
@@ -353,4 +540,12 @@ class EquiReconConfig(PretrainedConfig):
             )
 
 
-__all__ = ["EquiReconConfig", "PRESETS", "SEGMENTATION_HEADS", "SSL_OBJECTIVES"]
+__all__ = [
+    "DINO_CENTERINGS",
+    "MASKED_OBJECTIVES",
+    "PRESETS",
+    "SEGMENTATION_HEADS",
+    "SSL_OBJECTIVES",
+    "TEACHER_OBJECTIVES",
+    "EquiReconConfig",
+]

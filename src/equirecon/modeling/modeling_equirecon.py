@@ -26,8 +26,15 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput, SemanticSegmenterOutput
 from transformers.utils import ModelOutput, logging
 
-from .configuration_equirecon import EquiReconConfig, _as_pair
-from .objectives import build_objective
+from .configuration_equirecon import MASKED_OBJECTIVES, EquiReconConfig, _as_pair
+from .objectives import (
+    DINOHeads,
+    TeacherCentering,
+    WeightNormalizedLinear,
+    build_objective,
+    resolve_steps,
+    teacher_momentum_schedule,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -70,8 +77,9 @@ class EquiReconForPreTrainingOutput(ModelOutput):
     reconstructions (`torch.FloatTensor` of shape `(batch_size, K, 3, height, width)`, *optional*):
         Decoder outputs, returned when `output_reconstructions=True`.
     pooled_invariant_embeds (`torch.FloatTensor` of shape `(2, batch_size, d_patch - d_equi)`):
-        Invariant features of the first and second view, averaged over the patch tokens: what the host SSL
-        objective reads. (Per-token invariant features are `EquiReconModelOutput.invariant_embeds`.)
+        Invariant features of the first and second view, averaged over the patch tokens (the CLS token's for the
+        DINO family): what the host SSL objective reads. (Per-token invariant features are
+        `EquiReconModelOutput.invariant_embeds`.)
     equivariant_embeds (`torch.FloatTensor` of shape `(2, batch_size, num_patches, d_equi)`):
         Per-patch equivariant features of the first and second view.
     hidden_states, attentions:
@@ -94,9 +102,13 @@ def _accepts_argument(module: nn.Module, name: str) -> bool:
 
 def build_backbone(config: EquiReconConfig) -> PreTrainedModel:
     """The transformers encoder described by `config.backbone_config`, without a pooling head (EquiRecon pools the
-    CLS token itself; an unused pooler would only idle under DDP)."""
+    CLS token itself; an unused pooler would only idle under DDP), and with a mask token when the host objective
+    masks patch tokens (ViT and DeiT take it as an argument; Dinov2 reads `use_mask_token` from its config)."""
     model_class = AutoModel._model_mapping[type(config.backbone_config)]
-    return model_class(config.backbone_config, **_without_pooler(model_class))
+    kwargs = _without_pooler(model_class)
+    if config.uses_masks and "use_mask_token" in inspect.signature(model_class.__init__).parameters:
+        kwargs["use_mask_token"] = True
+    return model_class(config.backbone_config, **kwargs)
 
 
 def _without_pooler(model_class: type[PreTrainedModel]) -> dict[str, Any]:
@@ -167,8 +179,8 @@ def load_pretrained_encoder(pretrained_model_name_or_path: str | os.PathLike, **
 
 
 def encoder_backbone_config(config: PretrainedConfig) -> PretrainedConfig:
-    """The backbone config EquiRecon builds for a checkpoint's: without a mask token (there is no masked-image
-    objective: it would be a weight without a gradient), and a ViTMAE's as a ViT's (ViTMAE's forward shuffles and
+    """The backbone config EquiRecon builds for a checkpoint's: without a mask token (unless the objective masks
+    patch tokens, `from_pretrained_backbone` turns it back on: otherwise it is a weight without a gradient), and a ViTMAE's as a ViT's (ViTMAE's forward shuffles and
     masks the tokens; its encoder weights are a ViT's)."""
     if config.model_type == "vit_mae":
         vit_fields = set(ViTConfig().to_dict()) - {"model_type", "architectures", "transformers_version"}
@@ -196,8 +208,10 @@ def load_backbone_weights(backbone: PreTrainedModel, source: PreTrainedModel) ->
         placeholder = torch.zeros(1, target[position_key].shape[1], target[position_key].shape[-1])
         with torch.no_grad():
             state[position_key] = source.embeddings.interpolate_pos_encoding(placeholder, size, size)
-    missing = sorted(set(target) - set(state))
+    # A mask token is used only by masking objectives (iBOT, DINOv2): one the source lacks starts fresh, one the
+    # backbone lacks is dropped.
     unused = {"embeddings.mask_token"}
+    missing = sorted(set(target) - set(state) - unused)
     unexpected = sorted(key for key in set(state) - set(target) if key not in unused and not key.startswith("pooler."))
     mismatched = sorted(key for key in set(target) & set(state) if target[key].shape != state[key].shape)
     if missing or unexpected or mismatched:
@@ -207,7 +221,7 @@ def load_backbone_weights(backbone: PreTrainedModel, source: PreTrainedModel) ->
             f"{mismatched or 'none'}. The backbone config must be the checkpoint's (`from_pretrained_backbone` "
             "takes it from there)."
         )
-    backbone.load_state_dict({key: state[key] for key in target}, strict=True)
+    backbone.load_state_dict({key: state[key] for key in target if key in state}, strict=not set(target) & unused)
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -230,13 +244,31 @@ class EquiReconPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     # Checkpoints of one task carry heads the others lack (SSL head and decoders, classifier, segmentation head):
     # loading the encoder or another head from them leaves those out without a report.
-    _keys_to_ignore_on_load_unexpected = [r"^ssl_objective\.", r"^decoders\.", r"^classifier\.", r"^head\."]
+    # The EMA teacher of the DINO family is a pretraining-only copy, too.
+    _keys_to_ignore_on_load_unexpected = [
+        r"^ssl_objective\.",
+        r"^decoders\.",
+        r"^classifier\.",
+        r"^head\.",
+        r"^teacher\.",
+    ]
 
     def _init_weights(self, module: nn.Module) -> None:
         """Truncated-normal linear and conv layers (as Dinov2), standard norms; layers that carry an `init_gain`
         (the decoders', see `EquiReconDecoder`) are scaled by fan-in instead. The encoder is a sub-model and
-        initialises itself; there are no custom parameters or buffers here."""
+        initialises itself. The DINO family's custom tensors are set here too, since transformers only restores
+        tensors missing from a checkpoint through this method: the weight-normalised prototype layers, the centres
+        (zero) and the teacher's `initialized` flag (false, so a teacher absent from a checkpoint is copied from
+        the student before use)."""
         super()._init_weights(module)
+        if isinstance(module, WeightNormalizedLinear):
+            init.trunc_normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.weight_g is not None:
+                init.ones_(module.weight_g)
+        elif isinstance(module, TeacherCentering):
+            init.zeros_(module.center)
+        elif isinstance(module, EquiReconTeacher):
+            init.zeros_(module.initialized)
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             gain = getattr(module, "init_gain", None)
             if gain is None:
@@ -275,6 +307,9 @@ class EquiReconPreTrainedModel(PreTrainedModel):
         if image_size is not None:
             backbone_config.image_size = image_size
         fields = config.to_dict() if config is not None else {}
+        objective = {**fields, **config_kwargs}.get("ssl_objective", EquiReconConfig().ssl_objective)
+        if objective in MASKED_OBJECTIVES and hasattr(backbone_config, "use_mask_token"):
+            backbone_config.use_mask_token = True  # iBOT and DINOv2 mask patch tokens: a fresh mask token
         # Validated before any weight is read.
         config = EquiReconConfig(**{**fields, **config_kwargs, "backbone_config": backbone_config})
         model = cls(config)
@@ -320,18 +355,24 @@ class EquiReconModel(EquiReconPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
         return_dict: bool | None = None,
     ) -> EquiReconModelOutput | tuple:
         r"""
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Patch tokens to replace by the encoder's mask token (iBOT/DINOv2 students); needs an encoder built with
+            one (`EquiReconConfig.uses_masks`).
         interpolate_pos_encoding (`bool`, *optional*):
             Resize the position embeddings to the input's patch grid, for images of another size than the
             pretraining size. Dinov2 backbones always do.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         backbone_kwargs: dict[str, Any] = {}
+        if bool_masked_pos is not None:
+            backbone_kwargs["bool_masked_pos"] = bool_masked_pos
         if output_hidden_states is not None:
             backbone_kwargs["output_hidden_states"] = output_hidden_states
         if output_attentions is not None:
@@ -394,9 +435,39 @@ class EquiReconDecoder(nn.Module):
         return self.convs(F.pixel_shuffle(patches, self.patch_size))
 
 
+class EquiReconTeacher(nn.Module):
+    """The EMA teacher of the DINO family: an `EquiReconModel` and prototype heads shaped like the student's, updated
+    only by `EquiReconForPreTraining.update_teacher`.
+
+    Its parameters never require gradients, so DDP leaves them out of gradient synchronisation (DDP reduces only
+    parameters with `requires_grad`) and the Trainer's optimizer never sees them, while DDP still broadcasts them
+    from rank 0 when it wraps the model, so every process starts with the same teacher. It always runs in eval
+    mode (no dropout or drop path, as the reference teachers). `initialized` records whether the weights have been
+    copied from the student: a teacher absent from a checkpoint (a student-only or encoder-only start) is copied
+    before first use instead of starting from random weights."""
+
+    def __init__(self, config: EquiReconConfig, heads: DINOHeads):
+        super().__init__()
+        self.equirecon = EquiReconModel(config)
+        self.heads = heads
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> EquiReconTeacher:
+        return super().train(False)
+
+
 class EquiReconForPreTraining(EquiReconPreTrainedModel):
     """EquiRecon pretraining: the host SSL objective on the invariant part and, unless `reconstruction_weight` is 0,
-    K decoders reconstructing the intermediate transformed images from both views' equivariant parts."""
+    K decoders reconstructing the intermediate transformed images from both views' equivariant parts.
+
+    DINO, iBOT and DINOv2 hosts keep an EMA teacher (`EquiReconTeacher`, attribute `teacher`) that sees both views
+    unmasked and gets no reconstruction loss. `EquiReconTrainer` drives it: `set_training_progress` at the start of
+    each optimizer step (teacher-temperature schedule), `update_teacher` after it (EMA with a cosine momentum
+    schedule), both functions of `global_step`, so a resumed run continues them exactly; the teacher's weights and
+    centres are saved in every checkpoint. `save_pretrained` writes the teacher next to the student under
+    `teacher.*`, which the encoder and the downstream heads skip when they load; `export_teacher` returns it as an
+    `EquiReconModel` of its own (DINO evaluates the teacher)."""
 
     def __init__(self, config: EquiReconConfig):
         super().__init__(config)
@@ -407,7 +478,101 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
             if config.reconstruction_weight > 0
             else []
         )
+        self.teacher = (
+            EquiReconTeacher(config, self.ssl_objective.make_teacher_heads())
+            if self.ssl_objective.needs_teacher
+            else None
+        )
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any):
+        # transformers re-creates loaded tensors as trainable parameters, undoing the teacher's freeze.
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a tuple
+        if model.teacher is not None:
+            model.teacher.requires_grad_(False)
+        return loaded
+
+    def _student_parts(self) -> list[nn.Module]:
+        """The student modules the teacher mirrors, in the order of `teacher.equirecon`, `teacher.heads`."""
+        return [self.equirecon, self.ssl_objective.heads]
+
+    def _teacher_parts(self) -> list[nn.Module]:
+        return [self.teacher.equirecon, self.teacher.heads]
+
+    def _require_teacher(self) -> EquiReconTeacher:
+        if self.teacher is None:
+            raise ValueError(
+                f"ssl_objective {self.config.ssl_objective!r} has no EMA teacher; only the DINO family "
+                "('dino', 'ibot', 'dinov2') does."
+            )
+        return self.teacher
+
+    @torch.no_grad()
+    def reset_teacher(self) -> None:
+        """Copy the student's encoder and heads into the teacher (the start of DINO training)."""
+        teacher = self._require_teacher()
+        for student_part, teacher_part in zip(self._student_parts(), self._teacher_parts(), strict=True):
+            teacher_part.load_state_dict(student_part.state_dict())
+        teacher.initialized.fill_(True)
+
+    def _ensure_teacher_initialized(self) -> None:
+        if not bool(self._require_teacher().initialized):
+            self.reset_teacher()
+
+    @torch.no_grad()
+    def update_teacher(self, step: int, total_steps: int) -> float:
+        """The EMA update after optimizer step `step` (0-based) of `total_steps`:
+        `teacher ← m·teacher + (1 − m)·student` with `m = teacher_momentum_schedule(step, total_steps,
+        config.teacher_momentum)` (`facebookresearch/dino:main_dino.py`, "EMA update for the teacher"; one fused
+        update per dtype as `facebookresearch/dinov2:dinov2/train/ssl_meta_arch.py: update_teacher`). Integer
+        buffers are copied. Returns m."""
+        self._ensure_teacher_initialized()
+        momentum = teacher_momentum_schedule(step, total_steps, self.config.teacher_momentum)
+        teacher_tensors: dict[torch.dtype, list[torch.Tensor]] = {}
+        student_tensors: dict[torch.dtype, list[torch.Tensor]] = {}
+        for student_part, teacher_part in zip(self._student_parts(), self._teacher_parts(), strict=True):
+            student_state = student_part.state_dict()
+            for name, teacher_tensor in teacher_part.state_dict().items():
+                student_tensor = student_state[name].detach()
+                if teacher_tensor.is_floating_point():
+                    teacher_tensors.setdefault(teacher_tensor.dtype, []).append(teacher_tensor)
+                    student_tensors.setdefault(teacher_tensor.dtype, []).append(
+                        student_tensor.to(teacher_tensor.dtype)
+                    )
+                else:
+                    teacher_tensor.copy_(student_tensor)
+        for dtype, tensors in teacher_tensors.items():
+            torch._foreach_mul_(tensors, momentum)
+            torch._foreach_add_(tensors, student_tensors[dtype], alpha=1 - momentum)
+        return momentum
+
+    def set_training_progress(self, step: int, total_steps: int) -> None:
+        """Tell the objective which optimizer step (0-based) of `total_steps` is about to run: the DINO family's
+        teacher temperature is a function of it. Other objectives ignore it."""
+        if self.teacher is not None:
+            self.ssl_objective.set_progress(step, total_steps)
+
+    def cancel_last_layer_gradients(self, step: int, total_steps: int) -> bool:
+        """Drop the gradients of the student heads' last layers during the first `config.dino_freeze_last_layer_steps`
+        (DINO's `cancel_gradients_last_layer`, `facebookresearch/dino:utils.py`; DINOv2 sets their learning rate to
+        0 instead, the same update). Call between backward and the optimizer step. Returns whether it did."""
+        if self.teacher is None or step >= resolve_steps(self.config.dino_freeze_last_layer_steps, total_steps):
+            return False
+        for layer in self.ssl_objective.last_layers():
+            for parameter in layer.parameters():
+                parameter.grad = None
+        return True
+
+    def export_teacher(self) -> EquiReconModel:
+        """The teacher's encoder and head as a stand-alone `EquiReconModel` (on the teacher's device, eval mode),
+        e.g. to evaluate or `save_pretrained` it as DINO does."""
+        self._ensure_teacher_initialized()
+        config = EquiReconConfig.from_dict(self.config.to_dict())
+        model = EquiReconModel(config)
+        model.load_state_dict(self.teacher.equirecon.state_dict())
+        return model.to(self.teacher.initialized.device).eval()
 
     def forward(
         self,
@@ -420,6 +585,8 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        local_pixel_values: torch.Tensor | None = None,
     ) -> EquiReconForPreTrainingOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
@@ -435,6 +602,13 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
             Compute the losses. Trainer relies on this flag to report an evaluation loss without labels.
         output_reconstructions (`bool`, *optional*, defaults to `False`):
             Return the decoders' outputs.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, 2, num_patches)`, *optional*):
+            Patch tokens of the first and second view that the student sees as its mask token (iBOT, DINOv2; needed
+            for their loss). The teacher sees the views unmasked. A pair with any masked token is left out of the
+            reconstruction loss, so the decoders learn only from unmasked features.
+        local_pixel_values (`torch.FloatTensor` of shape `(batch_size, M, 3, size, size)`, *optional*):
+            Multi-crop local crops (DINO family): the student encodes them and distils their CLS token from the
+            teacher's two global views; the teacher and the decoders never see them.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values.shape != transformed_pixel_values.shape:
@@ -447,21 +621,41 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
         if height % patch or width % patch:
             raise ValueError(f"Image size {height}×{width} must be a multiple of the patch size {patch}.")
         grid_size = (height // patch, width // patch)
+        student_masks = self._check_masks(bool_masked_pos, batch_size, grid_size, return_loss)
+        if local_pixel_values is not None and self.teacher is None:
+            raise ValueError(
+                f"`local_pixel_values` (multi-crop) needs a DINO-family ssl_objective, got {self.config.ssl_objective!r}."
+            )
+        if local_pixel_values is not None and (
+            local_pixel_values.ndim != 5
+            or local_pixel_values.shape[0] != batch_size
+            or local_pixel_values.shape[2] != 3
+        ):
+            raise ValueError(
+                f"`local_pixel_values` has shape {tuple(local_pixel_values.shape)}, expected (batch_size={batch_size}, "
+                "num_local_crops, 3, size, size)."
+            )
 
         # Both views in one encoder call: one pass over the weights, and batch statistics stay per view in the heads.
+        views = torch.cat([pixel_values, transformed_pixel_values], dim=0)
         outputs = self.equirecon(
-            torch.cat([pixel_values, transformed_pixel_values], dim=0),
+            views,
+            bool_masked_pos=student_masks,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
         )
         num_prefix = self.config.num_prefix_tokens
-        pooled_invariant = outputs.invariant_embeds[:, num_prefix:].mean(dim=1).unflatten(0, (2, batch_size))
+        invariant = outputs.invariant_embeds.unflatten(0, (2, batch_size))
+        pooled_invariant = invariant[:, :, 0] if self.teacher is not None else invariant[:, :, num_prefix:].mean(dim=2)
         equivariant = outputs.equivariant_embeds[:, num_prefix:].unflatten(0, (2, batch_size))
 
         ssl_loss = reconstruction_loss = loss = None
         if return_loss:
-            ssl_loss = self.ssl_objective(pooled_invariant[0], pooled_invariant[1])
+            if self.teacher is not None:
+                ssl_loss = self._distillation_loss(views, invariant, bool_masked_pos, local_pixel_values)
+            else:
+                ssl_loss = self.ssl_objective(pooled_invariant[0], pooled_invariant[1])
             loss = self.config.ssl_weight * ssl_loss
 
         reconstructions = None
@@ -476,6 +670,10 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
                         f"`intermediate_pixel_values` has shape {tuple(intermediate_pixel_values.shape)}, expected "
                         f"{expected} (batch, K=num_intermediates, channels, height, width)."
                     )
+                if bool_masked_pos is not None:  # only pairs whose views are both unmasked
+                    unmasked = ~bool_masked_pos.flatten(1).any(dim=1)
+                    pair_mask = unmasked.to(reconstructions.dtype).view(batch_size, 1, 1, 1, 1)
+                    intermediate_mask = pair_mask if intermediate_mask is None else intermediate_mask * pair_mask
                 reconstruction_loss = masked_mse(reconstructions, intermediate_pixel_values, intermediate_mask)
                 loss = loss + self.config.reconstruction_weight * reconstruction_loss
 
@@ -490,6 +688,53 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
             attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    def _check_masks(
+        self, bool_masked_pos: torch.Tensor | None, batch_size: int, grid_size: tuple[int, int], return_loss: bool
+    ) -> torch.Tensor | None:
+        """Validate `bool_masked_pos` (batch, 2, N) and return the student's masks in the views' order (2·batch, N)."""
+        if bool_masked_pos is None:
+            if return_loss and self.config.uses_masks:
+                raise ValueError(
+                    f"ssl_objective {self.config.ssl_objective!r} distils masked patch tokens: pass `bool_masked_pos` "
+                    "(batch, 2, num_patches). The pretraining data pipeline makes it when given a mask generator "
+                    "(`equirecon.training.BlockMaskGenerator.from_config(config)`, as `equirecon pretrain` does)."
+                )
+            return None
+        if not self.config.uses_masks:
+            raise ValueError(
+                f"`bool_masked_pos` was given, but ssl_objective {self.config.ssl_objective!r} does not mask patch "
+                f"tokens (only {('ibot', 'dinov2')} do)."
+            )
+        expected = (batch_size, 2, grid_size[0] * grid_size[1])
+        if tuple(bool_masked_pos.shape) != expected:
+            raise ValueError(
+                f"`bool_masked_pos` has shape {tuple(bool_masked_pos.shape)}, expected {expected} (batch, the two "
+                "views, patches in raster order)."
+            )
+        return bool_masked_pos.bool().transpose(0, 1).flatten(0, 1)
+
+    def _distillation_loss(
+        self,
+        views: torch.Tensor,
+        invariant: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None,
+        local_pixel_values: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The DINO-family loss: the teacher encodes the unmasked global views without gradient, the student its
+        local crops (a second encoder call: they have another size), and the objective compares."""
+        self._ensure_teacher_initialized()
+        with torch.no_grad():
+            teacher_invariant = self.teacher.equirecon(views, return_dict=True).invariant_embeds
+        local_cls = None
+        if local_pixel_values is not None:
+            batch_size, num_crops = local_pixel_values.shape[:2]
+            local = self.equirecon(local_pixel_values.flatten(0, 1), interpolate_pos_encoding=True, return_dict=True)
+            local_cls = local.invariant_embeds[:, 0].unflatten(0, (batch_size, num_crops)).transpose(0, 1)
+        masks = bool_masked_pos.bool().transpose(0, 1) if bool_masked_pos is not None else None
+        return self.ssl_objective(
+            invariant, teacher_invariant.unflatten(0, invariant.shape[:2]), self.teacher.heads, masks, local_cls
+        )
 
 
 class EquiReconDownstreamModel(EquiReconPreTrainedModel):
@@ -721,4 +966,5 @@ __all__ = [
     "EquiReconForSemanticSegmentation",
     "EquiReconModel",
     "EquiReconPreTrainedModel",
+    "EquiReconTeacher",
 ]

@@ -1,16 +1,19 @@
 # Copyright 2026 The equirecon developers. Licensed under the Apache License, Version 2.0.
 """Host SSL objectives, applied to the invariant part of the features.
 
-Each objective is a small `nn.Module` owning its projector/expander and computing its loss from the pooled invariant
-features of the two views. Statistics (VICReg) and negatives (SimCLR) span the global batch: when
+Each objective is a small `nn.Module` owning its projector/expander (or prototype heads) and computing its loss from
+the invariant features of the two views. Statistics (VICReg) and negatives (SimCLR) span the global batch: when
 `torch.distributed` is initialised, embeddings are gathered with a differentiable all-gather, as the reference
-implementations do.
+implementations do. The DINO family (DINO, iBOT, DINOv2) distils an EMA teacher: the objective owns the student's
+prototype heads, the teacher's centres and the temperature schedule; the teacher's weights live in the model.
 
 Self-contained (torch only) so that it travels with `save_pretrained` as Hub custom code.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Sequence
 
 import torch
@@ -92,7 +95,11 @@ def info_nce_loss(first: torch.Tensor, second: torch.Tensor, temperature: float 
 
 class SSLObjective(nn.Module):
     """Base of the host objectives: the scalar loss of the two views' pooled invariant features (B, d_inv) each
-    (the mean of the patch tokens' z_inv)."""
+    (the mean of the patch tokens' z_inv). Objectives with `needs_teacher` (the DINO family) take per-token
+    features of the student and of the EMA teacher instead."""
+
+    needs_teacher: bool = False
+    uses_masks: bool = False
 
     def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -132,11 +139,366 @@ class SimCLRObjective(SSLObjective):
         return info_nce_loss(first, second, self.temperature)
 
 
-def build_objective(config) -> SSLObjective:
-    """The host objective named by `config.ssl_objective`, reading `config.d_inv` channels.
+# ---------------------------------------------------------------------------------------------- DINO family
 
-    New objectives (the DINO family with an EMA teacher) register here and in `SSL_OBJECTIVES`.
+
+def resolve_steps(value: float, total_steps: int) -> int:
+    """A length given as steps (`value >= 1`) or as a fraction of the run (`value < 1`), the convention of
+    `TrainingArguments.warmup_steps`."""
+    return int(value) if value >= 1 else math.ceil(value * total_steps)
+
+
+def teacher_temperature_schedule(step: int, warmup_steps: int, start: float, end: float) -> float:
+    """Teacher temperature at optimizer step `step`: linear from `start` to `end` over `warmup_steps` steps (both
+    ends included), then `end`. Per step, as DINOv2 (`facebookresearch/dinov2:dinov2/train/train.py`,
+    `CosineScheduler(base_value=end, final_value=end, warmup_iters=..., start_warmup_value=start)` in
+    `dinov2/utils/utils.py`); DINO and iBOT step it per epoch (`main_dino.py: DINOLoss.teacher_temp_schedule`)."""
+    if step >= warmup_steps:
+        return end
+    if warmup_steps == 1:
+        return start
+    return start + (end - start) * step / (warmup_steps - 1)
+
+
+def teacher_momentum_schedule(step: int, total_steps: int, base: float, final: float = 1.0) -> float:
+    """EMA momentum of the teacher after optimizer step `step` (0-based) of `total_steps`: a half cosine from `base`
+    to `final` (`facebookresearch/dino:utils.py: cosine_scheduler(momentum_teacher, 1, epochs, niter_per_ep)`);
+    `final` once the run is over."""
+    if step >= total_steps:
+        return final
+    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * step / total_steps))
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+class WeightNormalizedLinear(nn.Module):
+    """Bias-free linear layer with a weight-normalised matrix: row i is `weight_g[i] · weight[i] / ‖weight[i]‖`, as
+    `nn.utils.weight_norm` gives DINO's last layer. With `learn_norm=False` the norm is fixed at 1 and there is no
+    `weight_g` parameter (DINO's `norm_last_layer=True` freezes it), so no code path can train it by mistake."""
+
+    def __init__(self, in_features: int, out_features: int, learn_norm: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.weight_g = nn.Parameter(torch.ones(out_features, 1)) if learn_norm else None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = F.normalize(self.weight, dim=1)
+        if self.weight_g is not None:
+            weight = weight * self.weight_g
+        return F.linear(hidden_states, weight)
+
+
+class DINOHead(nn.Module):
+    """The DINO projection head: a GELU MLP to an L2-normalised bottleneck, then a weight-normalised linear layer to
+    the prototype scores (`facebookresearch/dino:vision_transformer.py: DINOHead`,
+    `facebookresearch/dinov2:dinov2/layers/dino_head.py`)."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        out_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        num_layers: int = 3,
+        norm_last_layer: bool = True,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(input_dim, hidden_dim), nn.GELU()]
+        for _ in range(num_layers - 2):
+            layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
+        layers.append(nn.Linear(hidden_dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        self.last_layer = WeightNormalizedLinear(bottleneck_dim, out_dim, learn_norm=not norm_last_layer)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.mlp(hidden_states)
+        eps = 1e-6 if hidden_states.dtype == torch.float16 else 1e-12
+        return self.last_layer(F.normalize(hidden_states, dim=-1, eps=eps))
+
+
+class DINOHeads(nn.Module):
+    """The prototype heads of one network, student or teacher: `cls` for the CLS token and, when iBOT/DINOv2 use a
+    separate head for the patch tokens, `patch` (otherwise the patch tokens share `cls`, as DINOv2's default and
+    iBOT's ViT-S/16 recipe do)."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        out_dim: int,
+        hidden_dim: int,
+        bottleneck_dim: int,
+        norm_last_layer: bool,
+        patch_out_dim: int | None = None,
+    ):
+        super().__init__()
+        self.cls = DINOHead(input_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer)
+        self.patch = (
+            DINOHead(input_dim, patch_out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer)
+            if patch_out_dim is not None
+            else None
+        )
+
+    @property
+    def patch_head(self) -> DINOHead:
+        return self.patch if self.patch is not None else self.cls
+
+
+class TeacherCentering(nn.Module):
+    """The EMA centre that DINO subtracts from the teacher's scores against collapse:
+    `center ← momentum·center + (1 − momentum)·mean of the batch's teacher scores` over all processes
+    (`facebookresearch/dino:main_dino.py: DINOLoss.update_center`). A persistent buffer: it is saved with the model
+    and a resumed run continues from it."""
+
+    def __init__(self, dim: int, momentum: float):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("center", torch.zeros(1, dim))
+
+    def forward(self, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Centred and sharpened teacher probabilities, `softmax((logits − center) / temperature)`."""
+        return F.softmax((teacher_logits.float() - self.center) / temperature, dim=-1)
+
+    @torch.no_grad()
+    def update(self, teacher_logits: torch.Tensor) -> None:
+        """Move the centre towards the mean of `teacher_logits` (N, K) over this batch on all processes."""
+        total = torch.cat([teacher_logits.float().sum(dim=0), teacher_logits.new_full((1,), len(teacher_logits))])
+        total = _all_reduce_sum(total.float())
+        if total[-1] > 0:
+            batch_center = (total[:-1] / total[-1]).unsqueeze(0)
+            self.center.mul_(self.momentum).add_(batch_center, alpha=1 - self.momentum)
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_logits: torch.Tensor, temperature: float, num_iterations: int = 3) -> torch.Tensor:
+    """Sinkhorn-Knopp centring of teacher scores (N, K) → assignments (N, K) whose rows sum to 1 and whose prototype
+    totals are equalised over the global batch (DINOv2, after SwAV: `facebookresearch/dinov2:dinov2/loss/
+    dino_clstoken_loss.py: sinkhorn_knopp_teacher`). Sums span all processes. The global maximum is subtracted before
+    the exponential, which the first normalisation cancels, so large scores cannot overflow."""
+    logits = teacher_logits.float() / temperature
+    maximum = logits.max() if logits.numel() else logits.new_zeros(())
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(maximum, op=dist.ReduceOp.MAX)
+    assignments = torch.exp(logits - maximum).t()  # (K, N): prototypes × samples
+    num_prototypes = assignments.shape[0]
+    num_samples = _all_reduce_sum(logits.new_full((), assignments.shape[1]))
+    assignments /= _all_reduce_sum(assignments.sum())
+    for _ in range(num_iterations):
+        assignments /= _all_reduce_sum(assignments.sum(dim=1, keepdim=True))  # each prototype gets 1/K
+        assignments /= num_prototypes
+        assignments /= assignments.sum(dim=0, keepdim=True)  # each sample gets 1/N
+        assignments /= num_samples
+    return (assignments * num_samples).t()
+
+
+def distillation_cross_entropy(
+    student_logits: torch.Tensor, teacher_probs: torch.Tensor, student_temperature: float
+) -> torch.Tensor:
+    """Per-sample cross-entropy `−Σ_k t_k · log softmax(s / τ_s)_k` over the last dimension."""
+    return -(teacher_probs * F.log_softmax(student_logits.float() / student_temperature, dim=-1)).sum(dim=-1)
+
+
+def dino_cls_loss(
+    student_logits: torch.Tensor, teacher_probs: torch.Tensor, student_temperature: float
+) -> torch.Tensor:
+    """DINO's loss over views: `student_logits` (V, B, K) of V views, `teacher_probs` (G, B, K) of the G global views,
+    G ≤ V, view i of both the same crop. The mean over every pair (teacher view q, student view v ≠ q) of the batch
+    mean of the cross-entropy (`facebookresearch/dino:main_dino.py: DINOLoss.forward`)."""
+    terms = [
+        distillation_cross_entropy(student_logits[v], teacher_probs[q], student_temperature).mean()
+        for q in range(teacher_probs.shape[0])
+        for v in range(student_logits.shape[0])
+        if v != q
+    ]
+    return torch.stack(terms).mean()
+
+
+def masked_patch_loss(
+    student_logits: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    bool_masked_pos: torch.Tensor,
+    student_temperature: float,
+) -> torch.Tensor:
+    """iBOT's masked-patch distillation. `student_logits` and `teacher_probs` (M, K) are the scores of the M masked
+    tokens of `bool_masked_pos` (..., N) in its order; each image's cross-entropy is averaged over its masked tokens
+    (an image without any counts 0) and the result averaged over all images (`facebookresearch/dinov2:dinov2/loss/
+    ibot_patch_loss.py: forward_masked`, the same value as iBOT's `main_ibot.py: iBOTLoss` loss2)."""
+    masks = bool_masked_pos.flatten(0, -2)
+    weights = (1.0 / masks.sum(dim=-1).clamp(min=1)).unsqueeze(-1).expand_as(masks)[masks]
+    cross_entropy = distillation_cross_entropy(student_logits, teacher_probs, student_temperature)
+    return (cross_entropy * weights).sum() / masks.shape[0]
+
+
+def koleo_loss(embeddings: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo regulariser (Sablayrolles et al., 2019) on a batch (B, D): `−mean log ‖x̂_i − x̂_nn(i)‖`, x̂ the
+    L2-normalised embeddings and nn(i) the nearest other sample (`facebookresearch/dinov2:dinov2/loss/koleo_loss.py`)."""
+    embeddings = F.normalize(embeddings.float(), p=2, dim=-1, eps=eps)
+    with torch.no_grad():
+        dots = embeddings @ embeddings.t()
+        dots.fill_diagonal_(-1)
+        neighbours = dots.argmax(dim=1)
+    distances = F.pairwise_distance(embeddings, embeddings[neighbours], p=2, eps=eps)
+    return -torch.log(distances + eps).mean()
+
+
+class DINOObjective(SSLObjective):
+    """Self-distillation with an EMA teacher: DINO (CLS tokens), iBOT (+ masked patch tokens) and DINOv2 (+ KoLeo on
+    the student's CLS features and, optionally, Sinkhorn-Knopp centring). Reads the per-token invariant features of
+    both views, from the student and from the teacher (which sees the views unmasked).
+
+    The teacher's temperature follows `teacher_temperature_schedule` at the step given by `set_progress` (the
+    trainer sets it from `global_step` at every optimizer step, so a resumed run continues the schedule exactly).
+    Before any progress is set the run's length is unknown: a warm-up given as a fraction is then over and the
+    teacher uses its final temperature. Centres move only in training mode: evaluating does not change the training
+    state.
+
+    Args:
+        patch_loss_weight: weight of the masked-patch term; 0 is DINO.
+        koleo_loss_weight: weight of KoLeo, summed over the two views as DINOv2 does; 0 for DINO/iBOT.
+        centering: "centering" (EMA centre) or "sinkhorn_knopp" (DINOv2's option; no centre is kept).
+        patch_out_dim: prototypes of a separate patch head; None shares the CLS head.
+        patch_center_on_masked: centre the patch scores on the masked tokens (DINOv2) instead of all tokens (iBOT).
     """
+
+    needs_teacher = True
+
+    def __init__(
+        self,
+        input_dim: int,
+        num_prefix_tokens: int,
+        out_dim: int,
+        hidden_dim: int,
+        bottleneck_dim: int,
+        norm_last_layer: bool,
+        student_temperature: float,
+        teacher_temperature: float,
+        warmup_teacher_temperature: float,
+        warmup_teacher_temperature_steps: float,
+        center_momentum: float,
+        centering: str = "centering",
+        sinkhorn_iterations: int = 3,
+        patch_loss_weight: float = 0.0,
+        patch_out_dim: int | None = None,
+        koleo_loss_weight: float = 0.0,
+        patch_center_on_masked: bool = False,
+    ):
+        super().__init__()
+        if centering not in ("centering", "sinkhorn_knopp"):
+            raise ValueError(f"centering must be 'centering' or 'sinkhorn_knopp', got {centering!r}.")
+        self.num_prefix_tokens = num_prefix_tokens
+        self.heads = DINOHeads(
+            input_dim,
+            out_dim,
+            hidden_dim,
+            bottleneck_dim,
+            norm_last_layer,
+            patch_out_dim=patch_out_dim if patch_loss_weight > 0 else None,
+        )
+        self.student_temperature = student_temperature
+        self.teacher_temperature_range = (warmup_teacher_temperature, teacher_temperature)
+        self.warmup_teacher_temperature_steps = warmup_teacher_temperature_steps
+        self.centering = centering
+        self.sinkhorn_iterations = sinkhorn_iterations
+        self.patch_loss_weight = patch_loss_weight
+        self.koleo_loss_weight = koleo_loss_weight
+        self.patch_center_on_masked = patch_center_on_masked
+        self.cls_centering = TeacherCentering(out_dim, center_momentum)
+        self.patch_centering = (
+            TeacherCentering(self.heads.patch_head.last_layer.weight.shape[0], center_momentum)
+            if patch_loss_weight > 0
+            else None
+        )
+        self.step = 0
+        self.total_steps = 0
+
+    @property
+    def uses_masks(self) -> bool:
+        return self.patch_loss_weight > 0
+
+    def set_progress(self, step: int, total_steps: int) -> None:
+        """The optimizer step about to run (0-based) and the run's length, for the temperature schedule."""
+        self.step, self.total_steps = step, total_steps
+
+    def teacher_temperature(self) -> float:
+        warmup = resolve_steps(self.warmup_teacher_temperature_steps, self.total_steps)
+        return teacher_temperature_schedule(self.step, warmup, *self.teacher_temperature_range)
+
+    def make_teacher_heads(self) -> DINOHeads:
+        """A copy of the student's heads for the teacher (its weights are set from the student before first use)."""
+        return copy.deepcopy(self.heads)
+
+    def last_layers(self) -> list[nn.Module]:
+        """The student's weight-normalised output layers, frozen during the first steps as DINO does."""
+        heads = [self.heads.cls] + ([self.heads.patch] if self.heads.patch is not None else [])
+        return [head.last_layer for head in heads]
+
+    def _teacher_probs(self, logits: torch.Tensor, centering: TeacherCentering, temperature: float) -> torch.Tensor:
+        if self.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(logits, temperature, self.sinkhorn_iterations)
+        probs = centering(logits, temperature)
+        if self.training:
+            centering.update(logits)
+        return probs
+
+    def forward(
+        self,
+        student_tokens: torch.Tensor,
+        teacher_tokens: torch.Tensor,
+        teacher_heads: DINOHeads,
+        bool_masked_pos: torch.Tensor | None = None,
+        student_local_cls: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`student_tokens` and `teacher_tokens` (2, B, T, d_inv): per-token invariant features, prefix tokens
+        first, of the two global views; `bool_masked_pos` (2, B, N): the patch tokens masked in the student's
+        global views (iBOT, DINOv2); `student_local_cls` (M, B, d_inv): the student's CLS features of M local crops
+        (multi-crop), distilled from the teacher's global views like the other global view."""
+        if self.uses_masks and bool_masked_pos is None:
+            raise ValueError("The masked-patch loss needs `bool_masked_pos` (2, batch, num_patches).")
+        temperature = self.teacher_temperature()
+        student_cls, teacher_cls = student_tokens[:, :, 0], teacher_tokens[:, :, 0]
+        with torch.no_grad():
+            teacher_logits = teacher_heads.cls(teacher_cls).float()
+            teacher_probs = self._teacher_probs(teacher_logits.flatten(0, 1), self.cls_centering, temperature)
+        all_cls = student_cls if student_local_cls is None else torch.cat([student_cls, student_local_cls])
+        loss = dino_cls_loss(self.heads.cls(all_cls), teacher_probs.view_as(teacher_logits), self.student_temperature)
+        if self.koleo_loss_weight > 0:
+            loss = loss + self.koleo_loss_weight * sum(koleo_loss(view) for view in student_cls)
+        if self.uses_masks:
+            loss = loss + self.patch_loss_weight * self._patch_loss(
+                student_tokens[:, :, self.num_prefix_tokens :],
+                teacher_tokens[:, :, self.num_prefix_tokens :],
+                teacher_heads,
+                bool_masked_pos.bool(),
+                temperature,
+            )
+        return loss
+
+    def _patch_loss(
+        self,
+        student_patches: torch.Tensor,
+        teacher_patches: torch.Tensor,
+        teacher_heads: DINOHeads,
+        masks: torch.Tensor,
+        temperature: float,
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            if self.patch_center_on_masked or self.centering == "sinkhorn_knopp":
+                teacher_logits = teacher_heads.patch_head(teacher_patches[masks]).float()
+                teacher_probs = self._teacher_probs(teacher_logits, self.patch_centering, temperature)
+            else:  # iBOT centres on every patch token, masked or not
+                teacher_logits = teacher_heads.patch_head(teacher_patches).float()
+                teacher_probs = self.patch_centering(teacher_logits[masks], temperature)
+                if self.training:
+                    self.patch_centering.update(teacher_logits.flatten(0, -2))
+        student_logits = self.heads.patch_head(student_patches[masks])
+        return masked_patch_loss(student_logits, teacher_probs, masks, self.student_temperature)
+
+
+def build_objective(config) -> SSLObjective:
+    """The host objective named by `config.ssl_objective`, reading `config.d_inv` channels."""
     if config.ssl_objective == "vicreg":
         return VICRegObjective(
             config.d_inv,
@@ -147,15 +509,49 @@ def build_objective(config) -> SSLObjective:
         )
     if config.ssl_objective == "simclr":
         return SimCLRObjective(config.d_inv, config.simclr_projector_dims, config.simclr_temperature)
+    if config.ssl_objective in ("dino", "ibot", "dinov2"):
+        masked = config.ssl_objective != "dino"
+        return DINOObjective(
+            config.d_inv,
+            config.num_prefix_tokens,
+            out_dim=config.dino_out_dim,
+            hidden_dim=config.dino_hidden_dim,
+            bottleneck_dim=config.dino_bottleneck_dim,
+            norm_last_layer=config.dino_norm_last_layer,
+            student_temperature=config.dino_student_temperature,
+            teacher_temperature=config.dino_teacher_temperature,
+            warmup_teacher_temperature=config.dino_warmup_teacher_temperature,
+            warmup_teacher_temperature_steps=config.dino_warmup_teacher_temperature_steps,
+            center_momentum=config.dino_center_momentum,
+            centering=config.dino_centering,
+            sinkhorn_iterations=config.dino_sinkhorn_iterations,
+            patch_loss_weight=config.ibot_loss_weight if masked else 0.0,
+            patch_out_dim=config.ibot_out_dim if config.ibot_separate_head else None,
+            koleo_loss_weight=config.koleo_loss_weight if config.ssl_objective == "dinov2" else 0.0,
+            patch_center_on_masked=config.ssl_objective == "dinov2",
+        )
     raise ValueError(f"Unknown ssl_objective {config.ssl_objective!r}.")
 
 
 __all__ = [
+    "DINOHead",
+    "DINOHeads",
+    "DINOObjective",
     "SSLObjective",
     "SimCLRObjective",
     "VICRegObjective",
+    "TeacherCentering",
+    "WeightNormalizedLinear",
     "build_objective",
+    "dino_cls_loss",
+    "distillation_cross_entropy",
     "gather_with_grad",
     "info_nce_loss",
+    "koleo_loss",
+    "masked_patch_loss",
+    "resolve_steps",
+    "sinkhorn_knopp",
+    "teacher_momentum_schedule",
+    "teacher_temperature_schedule",
     "vicreg_loss",
 ]

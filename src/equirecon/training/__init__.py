@@ -14,18 +14,22 @@ from ..imaging.transformations import (
 )
 from .arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
 from .data import build_transform_pair_dataset, collate_transform_pairs
+from .masking import BlockMaskGenerator
+from .teacher import TeacherCallback
 from .trainer import EquiReconTrainer, NonFiniteLossError
 from .views import VIEW_PRESETS, TransformPairMaker, build_view_transform
 
 __all__ = [
     "FAMILIES",
     "VIEW_PRESETS",
+    "BlockMaskGenerator",
     "DataArguments",
     "EquiReconTrainer",
     "EquiReconTrainingArguments",
     "EvaluationArguments",
     "ModelArguments",
     "NonFiniteLossError",
+    "TeacherCallback",
     "TransformPairMaker",
     "TransformationConfig",
     "TransformedPair",

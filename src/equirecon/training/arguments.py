@@ -134,6 +134,16 @@ class EquiReconTrainingArguments(RunOutputArguments, TrainingArguments):
     )
     view_preset: str = field(default="all", metadata={"help": f"Base augmentations A1/A2, one of {VIEW_PRESETS}."})
     crop_scale: list[float] = field(default_factory=lambda: [0.32, 1.0], metadata={"help": "RandomResizedCrop scale."})
+    local_crops_number: int = field(
+        default=0,
+        metadata={"help": "Multi-crop: local crops per image, seen by the student only (DINO family; DINOv2 uses 8)."},
+    )
+    local_crops_scale: list[float] = field(
+        default_factory=lambda: [0.05, 0.32], metadata={"help": "RandomResizedCrop scale of the local crops."}
+    )
+    local_crops_size: int | None = field(
+        default=None, metadata={"help": "Local crop side (default: 96/224 of the image size, in whole patches)."}
+    )
     # Defaults that SSL batches need (no labels, extra columns) and that suit a first run.
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the transform-pair columns."})
     label_names: list[str] | None = field(default_factory=list, metadata={"help": "SSL batches carry no labels."})
@@ -165,6 +175,8 @@ class EquiReconTrainingArguments(RunOutputArguments, TrainingArguments):
             raise ValueError(f"--view_preset must be one of {VIEW_PRESETS}, got {self.view_preset!r}.")
         if any(weight is not None and weight < 0 for weight in (self.ssl_weight, self.reconstruction_weight)):
             raise ValueError("--ssl_weight and --reconstruction_weight must be >= 0.")
+        if self.local_crops_number < 0:
+            raise ValueError(f"--local_crops_number must be >= 0, got {self.local_crops_number}.")
         if self.num_intermediates is not None and self.num_intermediates < 1:
             raise ValueError(f"--num_intermediates must be >= 1, got {self.num_intermediates}.")
 

@@ -166,8 +166,8 @@ class _TransformPairFunction:
                 continue
             self.num_decoded += 1
             example = self.pair_maker(image)
-            for key in TRANSFORM_PAIR_KEYS:
-                out[key].append(example[key])
+            for key, value in example.items():  # the pair's keys, and `bool_masked_pos` when masking
+                out.setdefault(key, []).append(value)
         return out
 
     def _skip(self, value: Any, error: Exception) -> None:
@@ -192,7 +192,8 @@ class _TransformPairFunction:
 
 def collate_transform_pairs(examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack transform-pair examples into a batch (``pixel_values`` (B,3,S,S), ``base_pixel_values`` (B,3,S,S),
-    ``transform_params`` (B,P)); other keys are stacked too when every example has them."""
+    ``transform_params`` (B,P)); other keys (``bool_masked_pos`` (B,2,N)) are stacked too when every example has
+    them."""
     if not examples:
         raise ValueError("cannot collate an empty list of examples")
     missing = [key for key in TRANSFORM_PAIR_KEYS if key not in examples[0]]

@@ -40,6 +40,7 @@ from ..modeling.configuration_equirecon import PRESETS
 from ..modeling.modeling_equirecon import masked_mse, pretrained_encoder_config
 from .arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
 from .data import build_transform_pair_dataset, collate_transform_pairs
+from .masking import BlockMaskGenerator
 from .trainer import EquiReconTrainer
 from .views import TransformPairMaker
 
@@ -143,9 +144,12 @@ def build_datasets(
     image_size: int,
     image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
     image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    mask_generator: BlockMaskGenerator | None = None,
+    local_size: int | None = None,
 ) -> tuple[Any, list[dict[str, torch.Tensor]] | None]:
     """The endless training stream of transform pairs and a fixed, map-style evaluation set (or None), normalised
-    with `image_mean` and `image_std`."""
+    with `image_mean` and `image_std`; with a `mask_generator` (iBOT, DINOv2), every pair carries the student's
+    `bool_masked_pos`, and with `--local_crops_number` its `local_pixel_values` (`local_size` pixels square)."""
     load_kwargs = {"name": data_args.dataset_config_name} if data_args.dataset_config_name else {}
     try:
         train_images = load_images(
@@ -166,6 +170,10 @@ def build_datasets(
             seed=seed,
             # Every process gets its own augmentation stream (Trainer seeds all ranks alike).
             rank=training_args.process_index,
+            mask_generator=mask_generator,
+            num_local_crops=training_args.local_crops_number,
+            local_size=local_size or image_size,
+            local_crop_scale=tuple(training_args.local_crops_scale),
         )
 
     try:
@@ -332,8 +340,21 @@ def run(
         raise ArgumentError(str(error)) from error
     config.transformation = transformation.to_dict()
     image_mean, image_std = image_statistics(model_args)
+    mask_generator = BlockMaskGenerator.from_config(config) if config.uses_masks else None
+    if training_args.local_crops_number and not config.uses_teacher:
+        raise ArgumentError(f"--local_crops_number needs a DINO-family ssl_objective, not {config.ssl_objective!r}.")
+    local_size = training_args.local_crops_size or config.patch_size * max(
+        1, round(config.image_size * 96 / 224 / config.patch_size)
+    )
     train_dataset, eval_dataset = build_datasets(
-        data_args, training_args, transformation, config.image_size, image_mean, image_std
+        data_args,
+        training_args,
+        transformation,
+        config.image_size,
+        image_mean,
+        image_std,
+        mask_generator=mask_generator,
+        local_size=local_size,
     )
     if eval_dataset is None and data_args.validation_split:  # the source has no such split: record that
         data_args = replace(data_args, validation_split=None)

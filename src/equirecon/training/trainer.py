@@ -16,6 +16,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..imaging.transformations import TransformationConfig, make_transformed_pair
 from ..modeling.modeling_equirecon import masked_mse
 from .arguments import EquiReconTrainingArguments
+from .teacher import TeacherCallback
 
 LOSS_COMPONENTS = ("ssl_loss", "reconstruction_loss")
 COPY_BASELINES = ("copy_view2_loss", "copy_blurred_view2_loss", "copy_view1_loss")
@@ -99,6 +100,8 @@ class EquiReconTrainer(Trainer):
         self._component_counts: dict[str, int] = {"train": 0, "eval": 0}
         self._non_finite: tuple[torch.Tensor, torch.Tensor] | None = None
         self._components_present: list[str] = []
+        if getattr(self.model, "teacher", None) is not None:  # DINO family: the EMA teacher follows global_step
+            self.add_callback(TeacherCallback)
 
     def compute_loss(
         self,
@@ -128,6 +131,8 @@ class EquiReconTrainer(Trainer):
             transformed_pixel_values=pair.transformed,
             intermediate_pixel_values=pair.targets if with_reconstruction else None,
             intermediate_mask=pair.target_masks if with_reconstruction else None,
+            bool_masked_pos=inputs.get("bool_masked_pos"),
+            local_pixel_values=inputs.get("local_pixel_values"),
             return_loss=True,
         )
         loss = outputs.loss

@@ -28,6 +28,7 @@ from ..imaging.context import context_side, reflect_into_box, widen_box
 from ..imaging.decoding import ImageLike, to_rgb_uint8
 from ..imaging.transformations import TransformationConfig
 from ..imaging.workers import seed_view_transform, worker_context
+from .masking import BlockMaskGenerator
 
 __all__ = [
     "VIEW_PRESETS",
@@ -101,7 +102,7 @@ def build_view_transform(
     image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
     crop_scale: tuple[float, float] = (0.32, 1.0),
     seed: int | None = None,
-    view: Literal[1, 2] = 1,
+    view: Literal[1, 2, "local"] = 1,
     context: float = 1.0,
 ) -> A.Compose:
     """An albumentations pipeline from an RGB uint8 HWC image to a normalised float32 (3, S, S) tensor: the view
@@ -111,7 +112,8 @@ def build_view_transform(
     ``preset="all"`` follows DINOv2's global crops: RandomResizedCrop(scale=crop_scale, bicubic), horizontal flip,
     colour jitter (0.4, 0.4, 0.2, 0.1; p=0.8), grayscale (p=0.2), Gaussian blur (σ in [0.1, 2], 9 taps) and, for
     the second view, solarize. As in DINOv2, ``view=1`` always blurs and ``view=2`` blurs with p=0.1 and
-    solarizes with p=0.2. ``"crop-only"`` keeps just the random resized crop (the paper's "rot" setting);
+    solarizes with p=0.2; ``view="local"`` is a multi-crop local crop (pass its small ``size`` and ``crop_scale``),
+    blurred with p=0.5. ``"crop-only"`` keeps just the random resized crop (the paper's "rot" setting);
     ``"none"`` resizes the short side and centre-crops (deterministic, e.g. for evaluation). Shrinking uses area
     averaging, as torchvision's antialiased PIL resize does. The crop box is drawn for the view alone, so its scale
     and aspect distribution do not depend on ``context``; the margin is the photo around it
@@ -120,8 +122,8 @@ def build_view_transform(
     """
     if preset not in VIEW_PRESETS:
         raise ValueError(f"preset must be one of {VIEW_PRESETS}, got {preset!r}")
-    if view not in (1, 2):
-        raise ValueError(f"view must be 1 or 2, got {view!r}")
+    if view not in (1, 2, "local"):
+        raise ValueError(f"view must be 1, 2 or 'local', got {view!r}")
     if not (isinstance(size, int) and size > 0):
         raise ValueError(f"size must be a positive int, got {size!r}")
     low, high = crop_scale
@@ -151,7 +153,7 @@ def build_view_transform(
             A.HorizontalFlip(p=0.5),
             A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8),
             A.ToGray(p=0.2),
-            A.GaussianBlur(blur_limit=(9, 9), sigma_limit=(0.1, 2.0), p=1.0 if view == 1 else 0.1),
+            A.GaussianBlur(blur_limit=(9, 9), sigma_limit=(0.1, 2.0), p={1: 1.0, 2: 0.1, "local": 0.5}[view]),
         ]
         if view == 2:
             photometric.append(A.Solarize(threshold_range=(0.5, 0.5), p=0.2))
@@ -182,6 +184,12 @@ class TransformPairMaker:
     ``u`` (``base_pixel_values``) is ``base_size`` pixels square: the view plus a context margin of
     ``context`` × ``size`` (default: :attr:`TransformationConfig.context_ratio`, the least that keeps the largest θ
     inside real pixels; 1 for black fill). v1 is ``size`` pixels square.
+
+    With a ``mask_generator`` (iBOT, DINOv2: :meth:`BlockMaskGenerator.from_config`), each example also carries
+    ``bool_masked_pos`` (2, num_patches): the student's masks of v1 and v2, from a random stream of their own.
+    With ``num_local_crops`` M > 0 (multi-crop, DINO family), it carries ``local_pixel_values`` (M, 3, s, s): local
+    crops of the photo, ``local_size`` pixels square from ``local_crop_scale`` of its area, which only the student
+    sees. g_θ stays on u (the second global view), as without them.
     """
 
     def __init__(
@@ -197,6 +205,10 @@ class TransformPairMaker:
         rank: int | None = None,
         min_image_size: int = 32,
         context: float | None = None,
+        mask_generator: BlockMaskGenerator | None = None,
+        num_local_crops: int = 0,
+        local_size: int = 96,
+        local_crop_scale: tuple[float, float] = (0.05, 0.32),
     ) -> None:
         if not isinstance(transformation, TransformationConfig):
             raise TypeError(f"transformation must be a TransformationConfig, got {type(transformation).__name__}")
@@ -214,6 +226,10 @@ class TransformPairMaker:
         self.seed = seed
         self.rank = rank
         self.min_image_size = min_image_size
+        self.mask_generator = mask_generator
+        if not (isinstance(num_local_crops, int) and num_local_crops >= 0):
+            raise ValueError(f"num_local_crops must be a non-negative int, got {num_local_crops!r}")
+        self.num_local_crops = num_local_crops
         common: dict[str, Any] = {"image_mean": image_mean, "image_std": image_std, "crop_scale": crop_scale}
         ratio = transformation.context_ratio if context is None else context
         # u is A2's view box (drawn like A1's, at view size) inside a margin of the photo around it, from which g_θ
@@ -222,18 +238,37 @@ class TransformPairMaker:
         self.view1 = build_view_transform(view_preset, size, view=1, **common)
         self.view2 = build_view_transform(view_preset, size, view=2, context=ratio, **common)
         self.base_size = context_side(size, ratio)
+        self.local_view = (
+            build_view_transform(
+                view_preset,
+                local_size,
+                view="local",
+                image_mean=image_mean,
+                image_std=image_std,
+                crop_scale=local_crop_scale,
+            )
+            if num_local_crops > 0
+            else None
+        )
         self._generator: np.random.Generator | None = None
+        self._mask_generator_rng: np.random.Generator | None = None
         self._seeded_for: tuple | None = None
 
     def __call__(self, image: ImageLike) -> dict[str, torch.Tensor]:
         self._ensure_seeded()
         array = to_rgb_uint8(image, min_size=self.min_image_size)
         theta = self.transformation.sample(1, self._generator)[0]
-        return {
+        example = {
             "pixel_values": self.view1(image=array)["image"],
             "base_pixel_values": self.view2(image=array)["image"],
             "transform_params": torch.from_numpy(theta),
         }
+        if self.mask_generator is not None:
+            example["bool_masked_pos"] = torch.from_numpy(self.mask_generator(self._mask_generator_rng))
+        if self.local_view is not None:
+            crops = [self.local_view(image=array)["image"] for _ in range(self.num_local_crops)]
+            example["local_pixel_values"] = torch.stack(crops)
+        return example
 
     def __repr__(self) -> str:
         return (
@@ -254,8 +289,12 @@ class TransformPairMaker:
         if context == self._seeded_for:
             return
         sequence = np.random.SeedSequence([self.seed, self.resolved_rank, context[2] or 0])
-        view1_seed, view2_seed, theta_seed = sequence.spawn(3)
+        # The first three children are those of spawn(3): the masks' stream leaves the others unchanged.
+        view1_seed, view2_seed, theta_seed, mask_seed, local_seed = sequence.spawn(5)
         seed_view_transform(self.view1, view1_seed)
         seed_view_transform(self.view2, view2_seed)
+        if self.local_view is not None:
+            seed_view_transform(self.local_view, local_seed)
         self._generator = np.random.default_rng(theta_seed)
+        self._mask_generator_rng = np.random.default_rng(mask_seed)
         self._seeded_for = context

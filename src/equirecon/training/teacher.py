@@ -1,0 +1,38 @@
+"""The EMA teacher's share of training: a `TrainerCallback` that drives the DINO family's schedules from the Trainer's
+`global_step`.
+
+The schedules are functions of the step (`EquiReconForPreTraining.set_training_progress`, `update_teacher`,
+`cancel_last_layer_gradients`), and the teacher's weights and centres are part of the model's state dict, so a run
+resumed from a checkpoint continues exactly where it stopped. Trainer calls these events once per optimizer step,
+not per micro-batch of gradient accumulation, which is what the EMA update needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+__all__ = ["TeacherCallback"]
+
+
+class TeacherCallback(TrainerCallback):
+    """Per optimizer step of a model with an EMA teacher: set the step for the teacher-temperature schedule before
+    the first micro-batch, drop the student heads' last-layer gradients during their frozen start just before the
+    optimizer steps, and update the teacher right after it (`EquiReconTrainer` adds this callback itself)."""
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
+        model.set_training_progress(state.global_step, state.max_steps)
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
+        model.cancel_last_layer_gradients(state.global_step, state.max_steps)
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
+        # global_step already counts the step just taken; the momentum schedule is indexed from 0.
+        model.update_teacher(state.global_step - 1, state.max_steps)

@@ -1,0 +1,507 @@
+"""The DINO family (DINO, iBOT, DINOv2): losses against their definitions, the EMA teacher in training (gradients,
+EMA, accumulation, resume), block masking, and saving/exporting."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from model_helpers import tiny_config
+from trainer_helpers import TRANSFORMATION, dino_config, dino_trainer, pair_stream
+from transformers import TrainerCallback, set_seed
+
+from equirecon import EquiReconForPreTraining, EquiReconModel
+from equirecon.modeling.objectives import (
+    TeacherCentering,
+    dino_cls_loss,
+    koleo_loss,
+    masked_patch_loss,
+    resolve_steps,
+    sinkhorn_knopp,
+    teacher_momentum_schedule,
+    teacher_temperature_schedule,
+)
+from equirecon.training.data import collate_transform_pairs
+from equirecon.training.masking import BlockMaskGenerator
+
+
+def batch(batch_size=4, masked=False, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    inputs = {
+        "pixel_values": torch.randn(batch_size, 3, 32, 32, generator=generator),
+        "transformed_pixel_values": torch.randn(batch_size, 3, 32, 32, generator=generator),
+        "intermediate_pixel_values": torch.randn(batch_size, 2, 3, 32, 32, generator=generator),
+    }
+    if masked:
+        masks = torch.zeros(batch_size, 2, 16, dtype=torch.bool)
+        masks[: batch_size // 2, :, :6] = True  # half the pairs masked, both views
+        inputs["bool_masked_pos"] = masks
+    return inputs
+
+
+# ---------------------------------------------------------------------------------------------- losses
+
+
+def test_dino_loss_equals_its_formula_on_a_hand_computed_example():
+    # One image, two views, two prototypes; student temperature 0.1 divides the student scores.
+    student = torch.tensor([[[0.0, 0.0]], [[0.1 * math.log(3.0), 0.0]]])  # softmax(s/0.1): [½, ½] and [¾, ¼]
+    teacher = torch.tensor([[[1.0, 0.0]], [[0.5, 0.5]]])
+    # Pairs (teacher view 0, student view 1): −ln ¾; (teacher view 1, student view 0): −(½ ln ½ + ½ ln ½) = ln 2.
+    expected = (-math.log(0.75) + math.log(2.0)) / 2
+    assert dino_cls_loss(student, teacher, student_temperature=0.1).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_masked_patch_loss_averages_per_image_then_over_all_images():
+    masks = torch.tensor([[[True, True, False], [False, False, False]]])  # (views=1, images=2, patches=3)
+    student = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])  # the two masked tokens, temperature 1
+    teacher = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    # Image 0: mean of −ln ½ and −ln ¾; image 1 has no masked token and counts 0; mean over the 2 images.
+    expected = (math.log(2.0) - math.log(0.75)) / 2 / 2
+    assert masked_patch_loss(student, teacher, masks, 1.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_koleo_matches_a_direct_computation():
+    embeddings = torch.randn(12, 5, generator=torch.Generator().manual_seed(1))
+    normalised = embeddings / embeddings.norm(dim=1, keepdim=True)
+    distances = torch.cdist(normalised.double(), normalised.double())
+    distances.fill_diagonal_(float("inf"))
+    expected = -torch.log(distances.min(dim=1).values + 1e-8).mean()
+    assert koleo_loss(embeddings).item() == pytest.approx(expected.item(), rel=1e-5)
+    # Spreading the points apart lowers it.
+    assert koleo_loss(torch.eye(12)) < koleo_loss(embeddings)
+
+
+def test_centering_follows_its_definition():
+    centering = TeacherCentering(3, momentum=0.9)
+    centering.update(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]))
+    assert torch.allclose(centering.center, torch.tensor([[0.2, 0.2, 0.2]]))
+    centering.update(torch.tensor([[0.0, 0.0, 10.0]]))
+    assert torch.allclose(centering.center, torch.tensor([[0.18, 0.18, 1.18]]))
+    logits = torch.tensor([[1.0, 0.0, 2.0]])
+    expected = F.softmax((logits - centering.center) / 0.04, dim=-1)
+    assert torch.allclose(centering(logits, 0.04), expected)
+
+
+def test_centres_move_in_training_only():
+    model = EquiReconForPreTraining(dino_config())
+    center = model.ssl_objective.cls_centering.center
+    model.eval()
+    with torch.no_grad():
+        model(**batch())
+    assert torch.count_nonzero(center) == 0
+    model.train()
+    model(**batch())
+    assert torch.count_nonzero(center) > 0
+
+
+def _sinkhorn_reference(logits, temperature, iterations):
+    """The algorithm written out: alternately give every prototype and every sample equal total weight."""
+    q = torch.exp(logits.double() / temperature).t()
+    num_prototypes, num_samples = q.shape
+    q = q / q.sum()
+    for _ in range(iterations):
+        q = q / q.sum(dim=1, keepdim=True) / num_prototypes
+        q = q / q.sum(dim=0, keepdim=True) / num_samples
+    return (q * num_samples).t()
+
+
+def test_sinkhorn_knopp_normalises_rows_and_equalises_prototypes():
+    logits = torch.randn(64, 16, generator=torch.Generator().manual_seed(2)) * 3
+    assignments = sinkhorn_knopp(logits, temperature=0.5, num_iterations=3)
+    assert torch.allclose(assignments.double(), _sinkhorn_reference(logits, 0.5, 3), atol=1e-6)
+    assert torch.allclose(assignments.sum(dim=1), torch.ones(64), atol=1e-5)  # each sample: a distribution
+    # Prototype totals move towards N/K = 4 with the iterations, from softmax's uneven use.
+    softmax_spread = (F.softmax(logits / 0.5, dim=1).sum(dim=0) - 4).abs().max()
+    spread = (assignments.sum(dim=0) - 4).abs().max()
+    converged = (sinkhorn_knopp(logits, 0.5, num_iterations=200).sum(dim=0) - 4).abs().max()
+    assert converged < 1e-3 < spread < softmax_spread
+
+
+def test_sinkhorn_knopp_survives_scores_whose_exponential_overflows():
+    logits = torch.tensor([[100.0, 0.0], [0.0, 100.0]])
+    assignments = sinkhorn_knopp(logits, temperature=0.04)
+    assert torch.isfinite(assignments).all()
+    assert torch.allclose(assignments, torch.eye(2), atol=1e-6)
+
+
+def test_schedules_follow_their_definitions():
+    assert teacher_momentum_schedule(0, 100, 0.996) == pytest.approx(0.996)
+    assert teacher_momentum_schedule(50, 100, 0.996) == pytest.approx(0.998)
+    assert teacher_momentum_schedule(25, 100, 0.996) == pytest.approx(1 - 0.004 * (1 + math.cos(math.pi / 4)) / 2)
+    assert teacher_momentum_schedule(100, 100, 0.996) == 1.0
+    values = [teacher_momentum_schedule(step, 100, 0.996) for step in range(100)]
+    assert values == sorted(values)
+    # Teacher temperature: linear over the warm-up, both ends included, then constant (DINOv2's linspace).
+    assert [round(teacher_temperature_schedule(s, 4, 0.04, 0.07), 6) for s in range(6)] == [
+        0.04,
+        0.05,
+        0.06,
+        0.07,
+        0.07,
+        0.07,
+    ]
+    assert teacher_temperature_schedule(0, 0, 0.04, 0.07) == 0.07
+    assert (resolve_steps(0.3, 100), resolve_steps(0.3, 7), resolve_steps(5, 100)) == (30, 3, 5)
+
+
+def test_the_objective_uses_the_scheduled_teacher_temperature():
+    model = EquiReconForPreTraining(dino_config(dino_warmup_teacher_temperature_steps=0.5))
+    model.set_training_progress(0, 10)
+    assert model.ssl_objective.teacher_temperature() == pytest.approx(0.04)
+    model.set_training_progress(2, 10)
+    assert model.ssl_objective.teacher_temperature() == pytest.approx(0.055)
+    model.set_training_progress(7, 10)
+    assert model.ssl_objective.teacher_temperature() == pytest.approx(0.07)
+
+
+@pytest.mark.parametrize("objective", ["dino", "ibot", "dinov2"])
+def test_the_model_loss_is_the_objective_formula(objective):
+    # Rebuild the loss from the student's and teacher's features with the functions above.
+    set_seed(0)
+    model = EquiReconForPreTraining(dino_config(objective, reconstruction_weight=0.0)).eval()
+    inputs = batch(masked=objective != "dino")
+    out = model(**inputs)
+    views = torch.cat([inputs["pixel_values"], inputs["transformed_pixel_values"]])
+    masks = inputs.get("bool_masked_pos")
+    with torch.no_grad():
+        student_masks = masks.transpose(0, 1).flatten(0, 1) if masks is not None else None
+        student = model.equirecon(views, bool_masked_pos=student_masks).invariant_embeds.unflatten(0, (2, 4))
+        teacher = model.teacher.equirecon(views).invariant_embeds.unflatten(0, (2, 4))
+        heads = model.ssl_objective.heads
+        temperature = model.ssl_objective.teacher_temperature()
+        teacher_probs = F.softmax(heads.cls(teacher[:, :, 0]) / temperature, dim=-1)  # centre still 0
+        expected = dino_cls_loss(heads.cls(student[:, :, 0]), teacher_probs, 0.1)
+        if objective == "dinov2":
+            expected = expected + 0.1 * (koleo_loss(student[0, :, 0]) + koleo_loss(student[1, :, 0]))
+        if objective != "dino":
+            view_masks = masks.transpose(0, 1)
+            patch_probs = F.softmax(heads.cls(teacher[:, :, 1:][view_masks]) / temperature, dim=-1)
+            expected = expected + masked_patch_loss(
+                heads.cls(student[:, :, 1:][view_masks]), patch_probs, view_masks, 0.1
+            )
+    assert out.ssl_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_separate_patch_head_and_sinkhorn_knopp_train():
+    model = EquiReconForPreTraining(dino_config("dinov2", ibot_separate_head=True, dino_centering="sinkhorn_knopp"))
+    assert model.ssl_objective.heads.patch is not None and model.teacher.heads.patch is not None
+    out = model(**batch(masked=True))
+    out.loss.backward()
+    assert model.ssl_objective.heads.patch.mlp[0].weight.grad is not None
+    assert torch.count_nonzero(model.ssl_objective.cls_centering.center) == 0  # no EMA centre with Sinkhorn-Knopp
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def test_masked_objectives_refuse_a_batch_without_masks_and_dino_refuses_masks():
+    with pytest.raises(ValueError, match="ssl_objective 'ibot' distils masked patch tokens: pass `bool_masked_pos`"):
+        EquiReconForPreTraining(dino_config("ibot"))(**batch())
+    with pytest.raises(ValueError, match="ssl_objective 'dino' does not mask patch tokens"):
+        EquiReconForPreTraining(dino_config("dino"))(**batch(masked=True))
+    bad = batch(masked=True)
+    bad["bool_masked_pos"] = bad["bool_masked_pos"][:, 0]
+    with pytest.raises(ValueError, match=r"`bool_masked_pos` has shape \(4, 16\), expected \(4, 2, 16\)"):
+        EquiReconForPreTraining(dino_config("ibot"))(**bad)
+
+
+def test_masked_pairs_are_left_out_of_the_reconstruction_loss():
+    model = EquiReconForPreTraining(dino_config("ibot")).eval()
+    inputs = batch(masked=True)  # pairs 0 and 1 masked
+    with torch.no_grad():
+        out = model(**inputs, output_reconstructions=True)
+        unmasked_only = F.mse_loss(out.reconstructions[2:], inputs["intermediate_pixel_values"][2:])
+    assert out.reconstruction_loss.item() == pytest.approx(unmasked_only.item(), rel=1e-5)
+
+
+def test_block_masks_stay_in_range_and_mask_pairs_together():
+    generator = BlockMaskGenerator(14, ratio_range=(0.1, 0.5), probability=0.5)
+    rng = np.random.default_rng(0)
+    masks = np.stack([generator(rng) for _ in range(400)])  # (pairs, 2, 196)
+    counts = masks.sum(axis=-1)
+    masked_pairs = counts.sum(axis=1) > 0
+    assert 0.4 < masked_pairs.mean() < 0.6
+    assert (counts[masked_pairs] > 0).all()  # both views of a masked pair are masked
+    assert (counts[~masked_pairs] == 0).all()
+    ratios = counts[masked_pairs] / 196
+    assert ratios.max() <= 0.5 and ratios.min() >= 0.05
+    assert 0.2 < ratios.mean() < 0.35
+    # Blocks, not scattered patches: most masked patches have a masked neighbour.
+    grid = masks[masked_pairs][:, 0].reshape(-1, 14, 14)
+    neighbour = np.zeros_like(grid)
+    neighbour[:, 1:] |= grid[:, :-1]
+    neighbour[:, :-1] |= grid[:, 1:]
+    assert (neighbour & grid).sum() / grid.sum() > 0.8
+    with pytest.raises(ValueError, match="ratio_range"):
+        BlockMaskGenerator(14, ratio_range=(0.5, 0.1))
+
+
+def test_the_pair_stream_carries_masks_of_the_configured_grid():
+    config = dino_config("ibot")
+    generator = BlockMaskGenerator.from_config(config)
+    assert (generator.grid_size, generator.ratio_range, generator.probability) == (4, (0.1, 0.5), 0.5)
+    examples = list(pair_stream(mask_generator=generator).take(6))
+    collated = collate_transform_pairs(examples)
+    assert collated["bool_masked_pos"].shape == (6, 2, 16) and collated["bool_masked_pos"].dtype == torch.bool
+
+
+# ---------------------------------------------------------------------------------------------- multi-crop
+
+
+def test_local_crops_join_the_cls_distillation_through_the_student_only():
+    model = EquiReconForPreTraining(dino_config("dino")).eval()
+    inputs = batch()
+    local = torch.randn(4, 3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    seen_by_teacher = []
+    model.teacher.equirecon.register_forward_hook(lambda module, args, output: seen_by_teacher.append(args[0].shape))
+    with torch.no_grad():
+        out = model(**inputs, local_pixel_values=local)
+        views = torch.cat([inputs["pixel_values"], inputs["transformed_pixel_values"]])
+        student = model.equirecon(views).invariant_embeds[:, 0].unflatten(0, (2, 4))
+        local_cls = model.equirecon(local.flatten(0, 1)).invariant_embeds[:, 0].unflatten(0, (4, 3)).transpose(0, 1)
+        teacher = model.teacher.equirecon(views).invariant_embeds[:, 0].unflatten(0, (2, 4))
+        heads, temperature = model.ssl_objective.heads, model.ssl_objective.teacher_temperature()
+        teacher_probs = F.softmax(heads.cls(teacher) / temperature, dim=-1)
+        expected = dino_cls_loss(heads.cls(torch.cat([student, local_cls])), teacher_probs, 0.1)  # 5 views, 2 global
+        without = model(**inputs)
+    assert out.ssl_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert seen_by_teacher[0] == (8, 3, 32, 32)  # the global views only
+    assert out.reconstruction_loss.item() == pytest.approx(without.reconstruction_loss.item())
+    with pytest.raises(ValueError, match="needs a DINO-family ssl_objective, got 'vicreg'"):
+        EquiReconForPreTraining(tiny_config())(**inputs, local_pixel_values=local)
+    with pytest.raises(ValueError, match=r"`local_pixel_values` has shape \(4, 3, 16, 16\)"):
+        model(**inputs, local_pixel_values=local[:, 0])
+
+
+def test_the_pair_stream_carries_local_crops():
+    from equirecon.training.views import TransformPairMaker
+
+    maker = TransformPairMaker(TRANSFORMATION, size=32, seed=0, rank=0, num_local_crops=3, local_size=16)
+    example = maker(np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8))
+    crops = example["local_pixel_values"]
+    assert crops.shape == (3, 3, 16, 16) and example["pixel_values"].shape == (3, 32, 32)
+    assert not torch.allclose(crops[0], crops[1])
+    collated = collate_transform_pairs([example, example])
+    assert collated["local_pixel_values"].shape == (2, 3, 3, 16, 16)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+class StudentSnapshots(TrainerCallback):
+    """The student's weights before training and after every optimizer step, and the EMA updates seen."""
+
+    def __init__(self, model):
+        self.model = model
+        self.snapshots = []
+        self.updates = 0
+        update = model.update_teacher
+
+        def counted(*args, **kwargs):
+            self.updates += 1
+            return update(*args, **kwargs)
+
+        model.update_teacher = counted
+
+    def _student(self):
+        parts = self.model._student_parts()
+        return [{k: v.detach().clone() for k, v in part.state_dict().items()} for part in parts]
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.snapshots.append(self._student())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.snapshots.append(self._student())
+        teacher = self.model.teacher
+        assert not any(p.requires_grad or p.grad is not None for p in teacher.parameters())
+
+
+def _expected_teacher(snapshots, total_steps, base_momentum):
+    teacher = [{k: v.clone() for k, v in part.items()} for part in snapshots[0]]
+    for step, student in enumerate(snapshots[1:]):
+        m = teacher_momentum_schedule(step, total_steps, base_momentum)
+        for teacher_part, student_part in zip(teacher, student, strict=True):
+            for name, value in teacher_part.items():
+                if value.is_floating_point():
+                    teacher_part[name] = m * value + (1 - m) * student_part[name]
+    return teacher
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_the_teacher_is_the_ema_of_the_student_once_per_optimizer_step(tmp_path, accumulation):
+    # A low base momentum makes every update visible.
+    trainer = dino_trainer(
+        tmp_path, model_overrides={"teacher_momentum": 0.5}, max_steps=3, gradient_accumulation_steps=accumulation
+    )
+    model = trainer.model
+    snapshots = StudentSnapshots(model)
+    trainer.add_callback(snapshots)
+    trainer.train()
+    assert snapshots.updates == 3
+    assert all(
+        id(p) not in {id(q) for g in trainer.optimizer.param_groups for q in g["params"]}
+        for p in model.teacher.parameters()
+    )
+    expected = _expected_teacher(snapshots.snapshots, 3, 0.5)
+    for teacher_part, expected_part in zip(model._teacher_parts(), expected, strict=True):
+        for name, value in teacher_part.state_dict().items():
+            assert torch.allclose(value, expected_part[name], atol=1e-6), name
+    # The student moved, and the teacher lags behind it.
+    student = dict(model.equirecon.named_parameters())
+    teacher = dict(model.teacher.equirecon.named_parameters())
+    name = "projection.weight"
+    assert not torch.allclose(snapshots.snapshots[0][0][name], student[name])
+    assert not torch.allclose(teacher[name], student[name])
+
+
+def test_the_last_layers_are_frozen_at_the_start(tmp_path):
+    model = EquiReconForPreTraining(dino_config(dino_freeze_last_layer_steps=2, dino_norm_last_layer=False))
+    model(**batch()).loss.backward()
+    last = model.ssl_objective.heads.cls.last_layer
+    assert last.weight.grad is not None and last.weight_g.grad is not None
+    assert model.cancel_last_layer_gradients(1, 10)
+    assert last.weight.grad is None and last.weight_g.grad is None
+    assert model.ssl_objective.heads.cls.mlp[0].weight.grad is not None
+    model(**batch()).loss.backward()
+    assert not model.cancel_last_layer_gradients(2, 10)
+    assert last.weight.grad is not None
+
+
+def test_resuming_mid_schedule_gives_the_same_teacher_and_losses(tmp_path):
+    overrides = {"teacher_momentum": 0.9, "dino_warmup_teacher_temperature_steps": 4}
+    uninterrupted = dino_trainer(tmp_path / "a", "ibot", overrides, max_steps=6)
+    uninterrupted.train()
+
+    interrupted = dino_trainer(tmp_path / "b", "ibot", overrides, max_steps=6, save_steps=3)
+    interrupted.add_callback(StopAt(3))
+    interrupted.train()
+    assert interrupted.state.global_step == 3
+    resumed = dino_trainer(tmp_path / "b", "ibot", overrides, max_steps=6, save_steps=3)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3"))
+
+    expected = {entry["step"]: entry for entry in uninterrupted.state.log_history if "loss" in entry}
+    actual = {entry["step"]: entry for entry in resumed.state.log_history if "loss" in entry}
+    for step in (4, 5, 6):
+        for key in ("loss", "ssl_loss", "reconstruction_loss"):
+            assert actual[step][key] == pytest.approx(expected[step][key], rel=1e-4), (step, key)
+    reference = uninterrupted.model.teacher.state_dict()
+    for name, value in resumed.model.teacher.state_dict().items():
+        assert torch.allclose(value.float(), reference[name].float(), atol=1e-5), name
+    for name in ("cls_centering.center", "patch_centering.center"):
+        assert torch.allclose(
+            resumed.model.ssl_objective.state_dict()[name], uninterrupted.model.ssl_objective.state_dict()[name]
+        )
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def _trained_model(objective="ibot"):
+    model = EquiReconForPreTraining(dino_config(objective, teacher_momentum=0.5))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for step in range(2):
+        model(**batch(masked=objective != "dino", seed=step)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        model.update_teacher(step, 10)
+    return model
+
+
+def test_a_fresh_teacher_starts_as_a_copy_of_the_student():
+    model = EquiReconForPreTraining(dino_config())
+    assert not model.teacher.initialized
+    model(**batch())
+    assert model.teacher.initialized
+    student = model.equirecon.state_dict()
+    for name, value in model.teacher.equirecon.state_dict().items():
+        assert torch.equal(value, student[name]), name
+
+
+def test_save_and_load_round_trip_keeps_student_teacher_and_centres(tmp_path):
+    model = _trained_model().eval()
+    model.save_pretrained(tmp_path)
+    loaded = EquiReconForPreTraining.from_pretrained(tmp_path).eval()
+    reference = model.state_dict()
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, reference[name]), name
+    assert loaded.teacher.initialized
+    assert not any(p.requires_grad for p in loaded.teacher.parameters())
+    assert torch.count_nonzero(loaded.ssl_objective.patch_centering.center) > 0
+    with torch.no_grad():
+        assert loaded(**batch(masked=True)).loss.item() == pytest.approx(model(**batch(masked=True)).loss.item())
+    # The encoder loaded from the pretraining directory is the student's.
+    encoder = EquiReconModel.from_pretrained(tmp_path)
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(value, model.equirecon.state_dict()[name]), name
+
+
+def test_export_teacher_gives_the_teacher_as_an_equirecon_model(tmp_path):
+    model = _trained_model("dino").eval()
+    teacher = model.export_teacher()
+    assert isinstance(teacher, EquiReconModel) and not teacher.training
+    pixels = batch()["pixel_values"]
+    with torch.no_grad():
+        expected = model.teacher.equirecon(pixels).invariant_embeds
+        assert torch.equal(teacher(pixels).invariant_embeds, expected)
+        assert not torch.allclose(model.equirecon(pixels).invariant_embeds, expected)
+    teacher.save_pretrained(tmp_path)
+    reloaded = EquiReconModel.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(pixels).invariant_embeds, expected)
+    with pytest.raises(ValueError, match="has no EMA teacher"):
+        EquiReconForPreTraining(tiny_config()).export_teacher()
+
+
+def test_two_processes_keep_one_teacher_without_syncing_its_gradients(tmp_path):
+    # DDP: the student is synchronised, the teacher (no gradients) is left out of the reducer yet stays identical on
+    # every rank, and the centres average over both ranks' batches.
+    script = Path(__file__).parent / "scripts" / "distributed_dino.py"
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    port = str(29700 + os.getpid() % 1000)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    result = subprocess.run(
+        [*command, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"dino-rank{rank}.json").read_text()) for rank in range(2)]
+    assert ranks[0]["world_size"] == 2
+    assert not ranks[0]["teacher_requires_grad"]
+    for key in ("student", "teacher", "centres"):
+        assert ranks[0][key] == pytest.approx(ranks[1][key], rel=1e-5), key
+    assert any(value != 0 for value in ranks[0]["centres"].values())
+
+
+def test_pretrain_command_trains_an_ibot_host_and_saves_the_student(tmp_path):
+    from transformers import AutoModel, AutoModelForPreTraining
+
+    from equirecon.cli import main as cli_main
+
+    arguments = ["pretrain", "--output_dir", str(tmp_path), "--preset", "tiny-ibot", "--max_steps", "2"]
+    arguments += ["--per_device_train_batch_size", "4", "--logging_steps", "1", "--max_eval_samples", "4"]
+    arguments += ["--local_crops_number", "2"]  # multi-crop: 24² local crops of the 64² tiny views
+    assert cli_main([*arguments, "--equivariance_benchmark", "False", "--disable_tqdm", "True"]) == 0
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    assert [entry["step"] for entry in log if "ssl_loss" in entry] == [1, 2]
+    pretraining = AutoModelForPreTraining.from_pretrained(tmp_path, trust_remote_code=True)
+    assert pretraining.teacher.initialized and pretraining.config.ssl_objective == "ibot"
+    student = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
+    assert isinstance(student, EquiReconModel)
+    reference = pretraining.equirecon.state_dict()
+    assert all(torch.equal(value, reference[name]) for name, value in student.state_dict().items())
+    assert "the CLS and masked patch tokens" in (tmp_path / "README.md").read_text()
