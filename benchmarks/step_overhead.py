@@ -6,6 +6,11 @@ ViT-S/16 at 224². Each configuration runs in its own subprocess so that peak me
 
     python benchmarks/step_overhead.py            # ViT-S/16 224² and the tiny preset
     python benchmarks/step_overhead.py --quick    # fewer steps, smaller batch
+    python benchmarks/step_overhead.py --presets ibot-vit-s16 dinov2-vit-l16   # the DINO-family hosts
+
+For the DINO family (iBOT, DINOv2) a host step includes its EMA teacher's forward and update and the student's
+masked patch tokens (half of the pairs masked at iBOT's mean ratio, 0.3, as its mask probability 0.5 gives), with the
+two global crops only: local crops add host cost and would make the ratio smaller.
 """
 
 from __future__ import annotations
@@ -45,6 +50,12 @@ def measure(preset: str, reconstruction_weight: float, batch_size: int, steps: i
     if reconstruction_weight == 0:
         batch.pop("intermediate_pixel_values")
         batch.pop("intermediate_mask")
+    if config.uses_masks:
+        grid = (size // config.patch_size) ** 2
+        generator = torch.Generator().manual_seed(0)
+        masks = torch.rand(batch_size, 2, grid, generator=generator) < 0.3
+        masks[batch_size // 2 :] = False
+        batch["bool_masked_pos"] = masks.to(device)
     use_cuda = device.startswith("cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
 
@@ -54,6 +65,8 @@ def measure(preset: str, reconstruction_weight: float, batch_size: int, steps: i
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if config.uses_teacher:
+            model.update_teacher(0, 100)
 
     step()  # warm-up: allocator, kernels, optimizer state
     if use_cuda:

@@ -7,13 +7,14 @@ Same data (the embedded photos), same budget, same seeds for every row; a tiny V
     VICReg alone, with the rotation in its base augmentations (λ = 0, no decoders): the host-only control,
     VICReg + reconstruction, g = rotation with K = 1 and K = 2, g = SE(2) and g = colour (K = 2), and g = rotation
     with the ViT-S/16 presets' narrow decoders (8/8 channels instead of the tiny preset's 16/32),
+    iBOT alone and iBOT + reconstruction (g = SE(2), K = 2): the DINO-family host on the same tiny ViT,
 
 and a randomly initialised encoder is the reference row. Each frozen encoder is then scored by
 
 * the equivariance benchmark: an MLP regresses θ of rotation / colour / blur / translation from the features of
   (I, g_θ(I)) for 4096 crops of the 18 embedded photos (plus every photo of --eval-dataset, reusing the finished
-  checkpoints), cross-validated by photo (5 folds, each regressor early-stopped on another fold's photos, R² over
-  every crop), for three read-outs (the backbone's mean patch token, its CLS token, and the head's equivariant
+  checkpoints), cross-validated (5 folds of crops, or of photos with --group-by photo; each regressor early-stopped
+  on another fold, R² over every crop), for three read-outs (the backbone's mean patch token, its CLS token, and the head's equivariant
   part). The mean-patch read-out also reports the θ-shuffled control (the regressors fitted on permuted θ): chance
   R²;
 * a weighted k-NN (k = 20) on the mean patch token of a labelled set (scikit-learn's digits, its fixed stratified
@@ -71,10 +72,13 @@ FAMILIES = ("rotation", "color", "blur", "translation")
 FEATURES = ("mean_patch", "cls", "equivariant")
 RANDOM_INIT = "random initialisation"
 ROWS = {
-    # name: (transformation family, reconstruction weight λ, K, other config overrides)
+    # name: (transformation family, reconstruction weight λ, K, other config overrides[, preset; default "tiny"])
     "VICReg (all, rot in views)": ("rotation", 0.0, 2, ""),
     "Ours(VICReg, all, rot), K=2": ("rotation", 1.0, 2, ""),
     "Ours(VICReg, all, rot), K=1": ("rotation", 1.0, 1, ""),
+    # The DINO family: the same tiny ViT as an iBOT host (EMA teacher, masked patch tokens, 1024 prototypes).
+    "iBOT (all, SE(2) in views)": ("se2", 0.0, 2, "", "tiny-ibot"),
+    "Ours(iBOT, all, SE(2)), K=2": ("se2", 1.0, 2, "", "tiny-ibot"),
     "Ours(VICReg, all, SE(2)), K=2": ("se2", 1.0, 2, ""),
     "Ours(VICReg, all, colour), K=2": ("color", 1.0, 2, ""),
     # The ViT-S/16 presets' narrow decoders (8/8 channels, chosen for speed) against the tiny preset's 16/32.
@@ -87,8 +91,9 @@ ROWS = {
 }
 
 CORE_ROWS = (RANDOM_INIT, *list(ROWS)[:3])
-# Results of one R² protocol live in their own folder: a change of protocol recomputes, never mixes, the tables.
-PROTOCOL = "cv-by-photo"
+IBOT_ROWS = tuple(name for name, row in ROWS.items() if row[4:] == ("tiny-ibot",))
+# Results of one R² protocol live in their own folder (runs/cv-by-photo, runs/cv-by-crop): a change of protocol
+# recomputes, never mixes, the tables.
 
 
 def slug(name: str) -> str:
@@ -96,9 +101,10 @@ def slug(name: str) -> str:
 
 
 def pretrain(name: str, seed: int, args: argparse.Namespace, output_dir: Path) -> Path:
-    family, weight, k, overrides = ROWS[name]
+    family, weight, k, overrides, *preset = ROWS[name]
     model_args = ModelArguments(
-        preset="tiny", config_overrides=f"num_intermediates={k},reconstruction_weight={weight}{overrides}"
+        preset=preset[0] if preset else "tiny",
+        config_overrides=f"num_intermediates={k},reconstruction_weight={weight}{overrides}",
     )
     data_args = DataArguments(dataset="embedded", max_eval_samples=64)
     training_args = EquiReconTrainingArguments(
@@ -150,6 +156,7 @@ def evaluate(
             feature=feature,
             num_crops=args.num_crops,
             folds=args.folds,
+            group_by=args.group_by,
             regressor=RegressorConfig(epochs=args.regressor_epochs),
             seed=seed,
             cache=cache,
@@ -169,9 +176,9 @@ def evaluate(
     return results
 
 
-def result_path(output_dir: Path, seed: int, name: str, eval_dataset: str | None) -> Path:
+def result_path(output_dir: Path, seed: int, name: str, eval_dataset: str | None, group_by: str) -> Path:
     suffix = f"-on-{slug(Path(eval_dataset).name)}" if eval_dataset else ""
-    return output_dir / "runs" / PROTOCOL / f"seed{seed}-{slug(name)}{suffix}.json"
+    return output_dir / "runs" / f"cv-by-{group_by}" / f"seed{seed}-{slug(name)}{suffix}.json"
 
 
 def claim(path: Path) -> bool:
@@ -194,7 +201,7 @@ def claim(path: Path) -> bool:
 
 
 def run_one(name: str, seed: int, args: argparse.Namespace, output_dir: Path) -> None:
-    result_file = result_path(output_dir, seed, name, args.eval_dataset)
+    result_file = result_path(output_dir, seed, name, args.eval_dataset, args.group_by)
     done = json.loads(result_file.read_text()) if result_file.exists() else {}
     if all(feature in done for feature in args.features) or not claim(result_file):
         return
@@ -224,9 +231,11 @@ def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
-def report(output_dir: Path, rows: list[str], seeds: list[int], header: str, eval_dataset: str | None) -> str:
+def report(
+    output_dir: Path, rows: list[str], seeds: list[int], header: str, eval_dataset: str | None, group_by: str
+) -> str:
     """Mean ± sample std over the finished seeds of each row, one table per read-out."""
-    files = {name: [result_path(output_dir, seed, name, eval_dataset) for seed in seeds] for name in rows}
+    files = {name: [result_path(output_dir, seed, name, eval_dataset, group_by) for seed in seeds] for name in rows}
     finished = {name: [json.loads(f.read_text()) for f in paths if f.exists()] for name, paths in files.items()}
     lines = [header, ""]
     for feature in (*FEATURES, "mean_patch_shuffled"):
@@ -258,7 +267,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default 32 (16 with --quick)")
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--num-crops", type=int, default=None, help="benchmark crops (default 4096)")
-    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds by photo")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    parser.add_argument(
+        "--group-by",
+        default="crop",
+        choices=("crop", "photo"),
+        help="folds of crops (one distribution, as the paper) or of photos (R² on photos the regressor never saw)",
+    )
     parser.add_argument("--regressor-epochs", type=int, default=None, help="at most (early stopping); default 100")
     parser.add_argument("--rows", nargs="+", default=None, choices=[RANDOM_INIT, *ROWS], metavar="ROW")
     parser.add_argument(
@@ -293,16 +308,18 @@ def main() -> None:
 
     if not args.report:
         started = time.time()
-        # The rows the comparison rests on (controls, K = 2, K = 1) for every seed first, then the other families.
+        # The rows the comparison rests on (controls, K = 2, K = 1) for every seed first, then the iBOT host, then
+        # the other families.
         core = [name for name in args.rows if name in CORE_ROWS]
-        for group in (core, [name for name in args.rows if name not in CORE_ROWS]):
+        ibot = [name for name in args.rows if name in IBOT_ROWS]
+        for group in (core, ibot, [name for name in args.rows if name not in (*CORE_ROWS, *IBOT_ROWS)]):
             for seed in args.seeds:
                 for name in group:
                     run_one(name, seed, args, output_dir)
         header += f" ({(time.time() - started) / 60:.1f} min this invocation)"
-    text = report(output_dir, args.rows, args.seeds, header, args.eval_dataset)
+    text = report(output_dir, args.rows, args.seeds, header, args.eval_dataset, args.group_by)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "table1_small.md").write_text(text)
+    (output_dir / f"table1_small-by-{args.group_by}.md").write_text(text)
     print(text)
 
 

@@ -210,7 +210,7 @@ def test_pipeline_on_a_tiny_vit_is_deterministic_cached_and_serialisable(tmp_pat
     assert all(np.isfinite(list(result.r2.values())))
     assert result.mean_r2 == pytest.approx(np.mean(list(result.r2.values())))
     assert result.families["translation"].parameter_names == ("tx", "ty")
-    assert result.settings["num_images"] == 5 and result.settings["protocol"] == "cross-validation by photo"
+    assert result.settings["num_images"] == 5 and result.settings["protocol"] == "cross-validation by crop"
     assert all(family.num_test == 144 for family in result.families.values())  # every crop scored once
     # 1 probe forward + 5 passes (I and 4 families) of 144 crops in batches of 32.
     assert len(calls) == 1 + 5 * 5
@@ -293,5 +293,32 @@ def test_crops_are_held_out_by_photo():
         assert right - left == pytest.approx(bottom - top)  # aspect ratio of the 16×16 output
     rendered = crops.render(slice(0, 5))
     assert rendered.shape == (5, 3, 16, 16) and 0.0 <= rendered.min() and rendered.max() <= 1.0
-    with pytest.raises(ValueError, match="at least 2 photos"):
-        run_equivariance_benchmark(_Constant(), photos[:1], input_spec=SPEC, progress=False)
+    with pytest.raises(ValueError, match="at least one photo"):
+        run_equivariance_benchmark(_Constant(), [], input_spec=SPEC, progress=False)
+    with pytest.raises(ValueError, match="at least 3 photos"):
+        run_equivariance_benchmark(_Constant(), photos[:2], input_spec=SPEC, progress=False, group_by="photo")
+
+
+def test_one_scored_fold_is_one_split():
+    config, theta = _theta("rotation", 500)
+    content = torch.tensor(np.random.default_rng(1).normal(size=(500, 8)), dtype=torch.float32)
+    code = (theta - theta.mean()) / theta.std()
+    one = score_feature_pairs(content, content + code, theta, scored_folds=1, regressor=SMALL_REGRESSOR)
+    assert (one.num_test, len(one.fold_r2)) == (100, 1) and one.r2 > 0.9
+    with pytest.raises(ValueError, match="scored_folds"):
+        score_feature_pairs(content, content, theta, scored_folds=0)
+
+
+def test_folds_of_crops_score_features_that_carry_theta_and_refuse_held_out_photos():
+    brightness_only = TransformationConfig(
+        family="color", contrast_range=(0, 0), saturation_range=(0, 0), hue_range=(0, 0)
+    )
+    kwargs = {"num_crops": 576, "input_spec": SPEC, "regressor": SMALL_REGRESSOR, "progress": False}
+    by_crop = run_equivariance_benchmark(
+        _MeanColour(), _photos(), families={"brightness": brightness_only}, group_by="crop", **kwargs
+    )
+    assert by_crop.settings["protocol"] == "cross-validation by crop" and by_crop.r2["brightness"] > 0.9
+    constant = run_equivariance_benchmark(_Constant(), _photos(), families=["rotation"], group_by="crop", **kwargs)
+    assert constant.r2["rotation"] < 0.02  # θ is drawn per crop: folds of crops cannot learn it from the photo
+    with pytest.raises(ValueError, match="group_by='photo'"):
+        run_equivariance_benchmark(_Constant(), _photos()[:3], test_images=_photos()[3:], group_by="crop", **kwargs)

@@ -113,7 +113,9 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
     if args.dataset == "embedded" and args.split == "train" and args.test_split is None:
         images = embedded_photos("all")
         dataset_name = "embedded photos"
-        logger.info("images: the %d embedded photos, cross-validated by photo (%d folds)", len(images), args.folds)
+        logger.info(
+            "images: the %d embedded photos, cross-validated by %s (%d folds)", len(images), args.group_by, args.folds
+        )
     else:
         images = load_images(args.dataset, split=args.split, image_column=args.image_column)
         if args.test_split is not None:
@@ -125,7 +127,7 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
             args.split,
             f", held out: split {args.test_split!r}"
             if args.test_split
-            else f", cross-validated by photo ({args.folds} folds)",
+            else f", cross-validated by {args.group_by} ({args.folds} folds)",
         )
     column = find_image_column(images, args.image_column)
     # Decoded here, skipping (and counting) files that cannot be read, so one bad photo does not end the run.
@@ -150,6 +152,8 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
         feature=args.feature,
         num_crops=args.num_crops,
         folds=args.folds,
+        group_by="photo" if test_images is not None else args.group_by,
+        scored_folds=args.scored_folds,
         input_spec=spec,
         crop_scale=tuple(args.crop_scale),
         border=args.border,

@@ -53,38 +53,24 @@ def parse_arguments(argv: list[str]) -> Arguments:
     return parse_dataclass_arguments(parser, recipe + argv, "pretrain")
 
 
-#: One photo to fit the regressor on, one to stop it on, one to score.
-MIN_BENCHMARK_PHOTOS = 3
-
-
 def evaluate_equivariance(
     model: EquiReconForPreTraining,
     data_args: DataArguments,
     evaluation_args: EvaluationArguments,
     seed: int,
     output_dir: Path,
-) -> dict[str, Any] | None:
-    """The paper's equivariance R² benchmark on the frozen encoder; writes `equivariance_results.json` (``None``,
-    with a warning, where the evaluation split has too few photos).
+) -> dict[str, Any]:
+    """The paper's equivariance R² benchmark on the frozen encoder; writes `equivariance_results.json`.
 
     Every read-out in `evaluation_args.equivariance_features` is scored (the first, with its θ-shuffled control, is
     the headline), and so is a randomly initialised encoder of the same config (seeded like the run), so the card
-    shows what pretraining added. The regressor is cross-validated by photo over all the embedded photos, or over
-    the dataset's validation split. Inputs are normalised as the image processor saved in `output_dir` says (a warm
+    shows what pretraining added. The crops are cut from all the embedded photos, or from the dataset's validation
+    split, and split by crop into the regressor's training, early-stopping and scored crops. Inputs are normalised as the image processor saved in `output_dir` says (a warm
     start keeps its checkpoint's statistics)."""
     from ..evaluation import FeatureCache, InputSpec, RegressorConfig, run_equivariance_benchmark
 
     split = "all" if data_args.dataset == "embedded" else data_args.validation_split
     images = load_images(data_args.dataset, split=split)
-    if len(images) < MIN_BENCHMARK_PHOTOS:
-        logger.warning(
-            "Equivariance benchmark skipped: it cross-validates by photo and needs at least %d photos, but split %r "
-            "has %d; run `equirecon evaluate equivariance` on more photos.",
-            MIN_BENCHMARK_PHOTOS,
-            split,
-            len(images),
-        )
-        return None
     features = evaluation_args.equivariance_features
     saved_processor = output_dir / "preprocessor_config.json"
     input_spec = InputSpec.from_model(
@@ -101,6 +87,7 @@ def evaluate_equivariance(
                 feature=feature,
                 input_spec=input_spec,
                 num_crops=evaluation_args.equivariance_num_crops,
+                scored_folds=1,  # one split: the whole cross-validation is `equirecon evaluate equivariance`
                 regressor=RegressorConfig(epochs=evaluation_args.equivariance_epochs),
                 max_images=evaluation_args.equivariance_max_images,
                 image_column=data_args.image_column or "image",
@@ -113,11 +100,7 @@ def evaluate_equivariance(
 
     read_outs = score(model.equirecon)
     headline = read_outs[features[0]]
-    dataset_name = (
-        "equirecon embedded photos (cross-validated by photo)"
-        if data_args.dataset == "embedded"
-        else data_args.dataset
-    )
+    dataset_name = "equirecon embedded photos" if data_args.dataset == "embedded" else data_args.dataset
     # The shape `equirecon evaluate equivariance --output` writes (the headline result, then its model-index
     # entries), plus every read-out and the random-initialisation reference.
     results = {

@@ -92,7 +92,18 @@ class EquivarianceArguments:
     )
     num_crops: int = field(default=4096, metadata={"help": "Crops (each with its own θ), drawn over the photos."})
     folds: int = field(
-        default=5, metadata={"help": "Cross-validation folds by photo (with --test_split: 1/folds stops the fit)."}
+        default=5, metadata={"help": "Cross-validation folds (with --test_split: 1/folds stops the fit)."}
+    )
+    group_by: str = field(
+        default="crop",
+        metadata={
+            "help": "Folds of crops (train and test from one distribution, as the paper's ImageNet protocol; "
+            "default) or of photos (R² on photos the regressor never saw; needed with --test_split).",
+            "choices": ("crop", "photo"),
+        },
+    )
+    scored_folds: int | None = field(
+        default=None, metadata={"help": "Score only this many folds (1: one split, a fifth of the cost)."}
     )
     crop_scale: list[float] = field(
         default_factory=lambda: [0.25, 1.0],

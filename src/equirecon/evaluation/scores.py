@@ -147,6 +147,7 @@ def score_feature_pairs(
     groups: Sequence[int] | np.ndarray | torch.Tensor | None = None,
     test_groups: Sequence[int] | None = None,
     folds: int = 5,
+    scored_folds: int | None = None,
     family: str = "custom",
     parameter_names: Sequence[str] | None = None,
     regressor: RegressorConfig | None = None,
@@ -165,7 +166,8 @@ def score_feature_pairs(
 
     Cross-validation (default): the groups are dealt into ``folds`` folds; each fold is predicted by a regressor
     fitted on the others and early-stopped (``RegressorConfig.patience``) on the next fold, and R² is computed once
-    over all pairs, so every photo counts. With ``test_groups``, one fixed split instead: the regressor is fitted
+    over all pairs, so every photo counts; ``scored_folds`` scores only that many folds (a train/validation/test
+    split at ``1/folds`` of the cost per fold). With ``test_groups``, one fixed split instead: the regressor is fitted
     on the other groups (early-stopped on a ``1/folds`` share of them) and scored on these.
 
     ``shuffled_control`` also fits every regressor on θ permuted across its training and validation pairs and scores
@@ -185,6 +187,10 @@ def score_feature_pairs(
     if len(names) != params.shape[1]:
         raise ValueError(f"{len(names)} parameter names for {params.shape[1]} parameters.")
     splits = _splits(groups, test_groups, folds, seed)
+    if scored_folds is not None:
+        if scored_folds < 1:
+            raise ValueError(f"scored_folds must be at least 1, got {scored_folds}.")
+        splits = splits[:scored_folds]
 
     pairs = torch.cat([features, transformed_features], dim=1).float()
     predictions = torch.zeros_like(params)

@@ -231,7 +231,8 @@ class EvaluationArguments:
         metadata={"help": "Also score a randomly initialised encoder of the same config, the reference row."},
     )
     equivariance_num_crops: int = field(
-        default=4096, metadata={"help": "Crops of the benchmark, cross-validated by photo (5 folds)."}
+        default=4096,
+        metadata={"help": "Crops of the benchmark: 3/5 fit the θ regressor, 1/5 stops it early, 1/5 is scored."},
     )
     equivariance_epochs: int = field(
         default=100, metadata={"help": "Epochs of the θ regressor at most (early-stopped on held-out photos)."}

@@ -298,10 +298,10 @@ def save_reconstruction_figure(
     return path
 
 
-#: `evaluate_equivariance(model, data_args, evaluation_args, seed, output_dir) -> results` (None: skipped), as
+#: `evaluate_equivariance(model, data_args, evaluation_args, seed, output_dir) -> results`, as
 #: `equirecon.commands.pretrain.evaluate_equivariance`.
 EquivarianceEvaluator = Callable[
-    [EquiReconForPreTraining, DataArguments, EvaluationArguments, int, Path], dict[str, Any] | None
+    [EquiReconForPreTraining, DataArguments, EvaluationArguments, int, Path], dict[str, Any]
 ]
 
 
@@ -448,12 +448,10 @@ def run(
             "metrics": metrics,
             "final_train_losses": _last_logged_losses(trainer.state.log_history),
         }
-        equivariance = None
         if wants_benchmark:
             equivariance = evaluate_equivariance(
                 trainer.model, data_args, evaluation_args, training_args.seed, output_dir
             )
-        if equivariance is not None:
             metrics.update({f"equivariance_r2_{name}": value for name, value in equivariance["r2"].items()})
             metrics["equivariance_r2_mean"] = equivariance["mean_r2"]
         else:  # the card shows only this run's results
