@@ -156,6 +156,7 @@ def evaluate(
             feature=feature,
             num_crops=args.num_crops,
             folds=args.folds,
+            scored_folds=args.scored_folds,
             group_by=args.group_by,
             regressor=RegressorConfig(epochs=args.regressor_epochs),
             seed=seed,
@@ -176,9 +177,12 @@ def evaluate(
     return results
 
 
-def result_path(output_dir: Path, seed: int, name: str, eval_dataset: str | None, group_by: str) -> Path:
-    suffix = f"-on-{slug(Path(eval_dataset).name)}" if eval_dataset else ""
-    return output_dir / "runs" / f"cv-by-{group_by}" / f"seed{seed}-{slug(name)}{suffix}.json"
+def result_path(output_dir: Path, seed: int, name: str, args: argparse.Namespace) -> Path:
+    suffix = f"-on-{slug(Path(args.eval_dataset).name)}" if args.eval_dataset else ""
+    protocol = f"cv-by-{args.group_by}"
+    if args.scored_folds is not None:
+        protocol += f"-{args.scored_folds}-of-{args.folds}-folds"
+    return output_dir / "runs" / protocol / f"seed{seed}-{slug(name)}{suffix}.json"
 
 
 def claim(path: Path) -> bool:
@@ -201,7 +205,7 @@ def claim(path: Path) -> bool:
 
 
 def run_one(name: str, seed: int, args: argparse.Namespace, output_dir: Path) -> None:
-    result_file = result_path(output_dir, seed, name, args.eval_dataset, args.group_by)
+    result_file = result_path(output_dir, seed, name, args)
     done = json.loads(result_file.read_text()) if result_file.exists() else {}
     if all(feature in done for feature in args.features) or not claim(result_file):
         return
@@ -231,11 +235,9 @@ def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
-def report(
-    output_dir: Path, rows: list[str], seeds: list[int], header: str, eval_dataset: str | None, group_by: str
-) -> str:
+def report(output_dir: Path, rows: list[str], seeds: list[int], header: str, args: argparse.Namespace) -> str:
     """Mean ± sample std over the finished seeds of each row, one table per read-out."""
-    files = {name: [result_path(output_dir, seed, name, eval_dataset, group_by) for seed in seeds] for name in rows}
+    files = {name: [result_path(output_dir, seed, name, args) for seed in seeds] for name in rows}
     finished = {name: [json.loads(f.read_text()) for f in paths if f.exists()] for name, paths in files.items()}
     lines = [header, ""]
     for feature in (*FEATURES, "mean_patch_shuffled"):
@@ -268,6 +270,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--num-crops", type=int, default=None, help="benchmark crops (default 4096)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    parser.add_argument("--scored-folds", type=int, default=None, help="score only this many folds (default: all)")
     parser.add_argument(
         "--group-by",
         default="crop",
@@ -317,7 +320,7 @@ def main() -> None:
                 for name in group:
                     run_one(name, seed, args, output_dir)
         header += f" ({(time.time() - started) / 60:.1f} min this invocation)"
-    text = report(output_dir, args.rows, args.seeds, header, args.eval_dataset, args.group_by)
+    text = report(output_dir, args.rows, args.seeds, header, args)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / f"table1_small-by-{args.group_by}.md").write_text(text)
     print(text)

@@ -12,18 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from trainer_helpers import FAST_PRETRAIN
 
 from equirecon.cli import main as cli_main
-
-TINY_PRETRAIN = [
-    "--max_steps", "2",
-    "--per_device_train_batch_size", "4",
-    "--logging_steps", "1",
-    "--max_eval_samples", "8",
-    "--equivariance_num_crops", "48",
-    "--equivariance_epochs", "2",
-    "--disable_tqdm", "True",
-]  # fmt: skip
 
 
 def _run(argv, capsys):
@@ -76,7 +67,7 @@ def test_an_existing_run_is_refused_unless_resumed_or_overwritten(tmp_path, caps
     output.mkdir()
     (output / "model.safetensors").write_text("an earlier run")
     (output / "equivariance_results.json").write_text("{}")
-    status, err = _run(["pretrain", "--output_dir", output, *TINY_PRETRAIN], capsys)
+    status, err = _run(["pretrain", "--output_dir", output, *FAST_PRETRAIN], capsys)
     assert status == 2 and "is not empty" in err and "--overwrite_output_dir" in err, err
     assert (output / "model.safetensors").read_text() == "an earlier run"
     status, err = _run(["pretrain", "--output_dir", output, "--resume_from_checkpoint", "last"], capsys)
@@ -94,7 +85,7 @@ def test_a_plain_image_folder_without_validation_split_trains_and_writes_its_car
     (output / "checkpoint-100").mkdir(parents=True)  # an earlier run's leftovers, replaced on request
     (output / "equivariance_results.json").write_text(json.dumps({"r2": {"rotation": 0.9}}))
     argv = ["pretrain", "--dataset", folder, "--output_dir", output, "--overwrite_output_dir", "True"]
-    status, err = _run([*argv, *TINY_PRETRAIN], capsys)
+    status, err = _run([*argv, *FAST_PRETRAIN], capsys)
     assert status == 0, err
     card = (output / "README.md").read_text()
     assert "2 optimizer steps" in card and "Not evaluated" in card

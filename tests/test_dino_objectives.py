@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from model_helpers import tiny_config
-from trainer_helpers import TRANSFORMATION, dino_config, dino_trainer, pair_stream
+from trainer_helpers import TRANSFORMATION, StopAt, dino_config, dino_trainer, pair_stream
 from transformers import TrainerCallback, set_seed
 
 from equirecon import EquiReconForPreTraining, EquiReconModel
@@ -397,15 +397,6 @@ def test_resuming_mid_schedule_gives_the_same_teacher_and_losses(tmp_path):
         assert torch.allclose(
             resumed.model.ssl_objective.state_dict()[name], uninterrupted.model.ssl_objective.state_dict()[name]
         )
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 # ---------------------------------------------------------------------------------------------- saving

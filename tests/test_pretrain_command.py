@@ -2,6 +2,7 @@ import json
 
 import pytest
 import yaml
+from trainer_helpers import FAST_PRETRAIN
 from transformers import AutoImageProcessor, AutoModel
 
 from equirecon import EquiReconModel
@@ -9,21 +10,11 @@ from equirecon.cli import main as cli_main
 from equirecon.commands.pretrain import parse_arguments
 from equirecon.model_card import build_model_card
 
-FAST = [
-    "--max_steps", "2",
-    "--per_device_train_batch_size", "4",
-    "--logging_steps", "1",
-    "--max_eval_samples", "8",
-    "--equivariance_num_crops", "48",
-    "--equivariance_epochs", "2",
-    "--disable_tqdm", "True",
-]  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def pretrained_run(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("run")
-    assert cli_main(["pretrain", "--output_dir", str(output_dir), *FAST]) == 0
+    assert cli_main(["pretrain", "--output_dir", str(output_dir), *FAST_PRETRAIN]) == 0
     return output_dir
 
 
@@ -122,7 +113,7 @@ def test_every_recipe_in_the_repository_parses():
     ],
 )
 def test_bad_arguments_fail_with_one_line_before_training(tmp_path, capsys, arguments, message):
-    assert cli_main(["pretrain", "--output_dir", str(tmp_path / "out"), *FAST, *arguments]) == 2
+    assert cli_main(["pretrain", "--output_dir", str(tmp_path / "out"), *FAST_PRETRAIN, *arguments]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("equirecon pretrain: error: ")
     assert message in error[0]
@@ -132,7 +123,7 @@ def test_bad_arguments_fail_with_one_line_before_training(tmp_path, capsys, argu
 def test_unwritable_output_dir_is_reported(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert cli_main(["pretrain", "--output_dir", str(blocker / "run"), *FAST]) == 2
+    assert cli_main(["pretrain", "--output_dir", str(blocker / "run"), *FAST_PRETRAIN]) == 2
     assert f"--output_dir {blocker / 'run'} is not writable" in capsys.readouterr().err
 
 

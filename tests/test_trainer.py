@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_helpers import pair_stream, tiny_trainer, training_arguments
-from transformers import AutoModel, TrainerCallback
+from trainer_helpers import StopAt, pair_stream, tiny_trainer, training_arguments
+from transformers import AutoModel
 
 from equirecon import EquiReconModel
 from equirecon.training.trainer import NonFiniteLossError
@@ -70,15 +70,6 @@ def test_learning_rate_scales_with_the_effective_batch(tmp_path):
 def test_mismatched_intermediate_count_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--num_intermediates 3 does not match the model's num_intermediates 2"):
         tiny_trainer(tmp_path, num_intermediates=3)
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def test_resumed_run_logs_the_same_losses_as_an_uninterrupted_run(tmp_path):

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from trainer_helpers import FAST_PRETRAIN
 from transformers import (
     AutoModel,
     BertConfig,
@@ -26,15 +27,6 @@ from equirecon.modeling.modeling_equirecon import load_backbone_weights
 
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
 HEADS = {"d_patch": 16, "d_equi": 8, "vicreg_expander_dims": [32, 32], "decoder_hidden_channels": 8}
-FAST = [
-    "--max_steps", "2",
-    "--per_device_train_batch_size", "4",
-    "--logging_steps", "1",
-    "--max_eval_samples", "8",
-    "--equivariance_num_crops", "48",
-    "--equivariance_epochs", "2",
-    "--disable_tqdm", "True",
-]  # fmt: skip
 
 
 def _save(model: torch.nn.Module, directory) -> str:
@@ -162,7 +154,9 @@ def test_unusable_checkpoints_are_errors_that_say_what_to_do(checkpoints, tmp_pa
 
 def test_pretrain_command_starts_from_the_checkpoint(checkpoints, tmp_path):
     output_dir = tmp_path / "run"
-    assert cli_main(["pretrain", "--init_from", checkpoints["vit"], "--output_dir", str(output_dir), *FAST]) == 0
+    assert (
+        cli_main(["pretrain", "--init_from", checkpoints["vit"], "--output_dir", str(output_dir), *FAST_PRETRAIN]) == 0
+    )
     model = EquiReconForPreTraining.from_pretrained(output_dir)
     assert type(model.equirecon.backbone) is ViTModel
     assert (model.config.hidden_size, model.config.patch_size, model.config.image_size) == (32, 8, 32)
@@ -194,7 +188,7 @@ def test_pretrain_command_with_a_preset_and_another_image_size(checkpoints, tmp_
         "--config_overrides",
         "d_patch=32,d_equi=8",
     ]
-    arguments += ["--equivariance_benchmark", "False", "--output_dir", str(output_dir), *FAST]
+    arguments += ["--equivariance_benchmark", "False", "--output_dir", str(output_dir), *FAST_PRETRAIN]
     assert cli_main(["pretrain", *arguments]) == 0
     config = EquiReconForPreTraining.from_pretrained(output_dir).config
     assert (config.backbone_config.model_type, config.image_size, config.d_patch, config.d_equi) == (
@@ -240,7 +234,7 @@ def test_bad_warm_starts_fail_with_one_line_before_training(checkpoints, tmp_pat
             text = text.replace(f"{{{name}}}", path)
         return text
 
-    assert cli_main(["pretrain", "--output_dir", str(tmp_path / "out"), *FAST, *map(fill, arguments)]) == 2
+    assert cli_main(["pretrain", "--output_dir", str(tmp_path / "out"), *FAST_PRETRAIN, *map(fill, arguments)]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("equirecon pretrain: error: ")
     assert fill(message) in error[0]

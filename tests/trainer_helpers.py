@@ -4,7 +4,7 @@ the embedded photos, all seeded."""
 import os
 
 from model_helpers import TINY_BACKBONE, tiny_config
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
 
 from equirecon import EquiReconForPreTraining
 from equirecon.imaging.transformations import TransformationConfig
@@ -80,3 +80,26 @@ def tiny_trainer(output_dir, model_overrides=None, eval_dataset=None, **argument
         data_collator=collate_transform_pairs,
         transformation=TRANSFORMATION,
     )
+
+
+#: `equirecon pretrain` arguments for a seconds-long run: 2 steps, a few held-out pairs, a tiny benchmark.
+FAST_PRETRAIN = [
+    "--max_steps", "2",
+    "--per_device_train_batch_size", "4",
+    "--logging_steps", "1",
+    "--max_eval_samples", "8",
+    "--equivariance_num_crops", "48",
+    "--equivariance_epochs", "2",
+    "--disable_tqdm", "True",
+]  # fmt: skip
+
+
+class StopAt(TrainerCallback):
+    """Ends training after optimizer step `step`, as an interrupted run would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
