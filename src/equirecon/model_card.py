@@ -80,7 +80,7 @@ def _training_summary(run: dict[str, Any] | None) -> str:
     dataset = data["dataset"]
     dataset_text = (
         "the natural photos bundled with scikit-image and scikit-learn (`equirecon` embedded dataset; validation "
-        "photos held out by photo)"
+        "photos held out from pretraining)"
         if dataset == "embedded"
         else f"`{dataset}` (split `{data['train_split']}`)"
     )
@@ -173,9 +173,9 @@ def _evaluation_summary(equivariance: dict[str, Any] | None) -> str:
     setting_text = ", ".join(f"{k}={v}" for k, v in settings.items() if not isinstance(v, (dict, list)))
     table = "\n".join(rows)
     return (
-        "The paper's synthetic equivariance benchmark: g with a random θ is applied to held-out images, the frozen "
-        "encoder embeds I and g_θ(I), and an MLP regresses θ from the pair; R² on held-out photos "
-        f"({equivariance.get('r2_convention', 'global')} R², as SIE). Read-outs: `mean_patch` is the backbone's mean "
+        "The paper's synthetic equivariance benchmark: g with a random θ is applied to images, the frozen encoder "
+        "embeds I and g_θ(I), and an MLP regresses θ from the pair; R² on images the regressor was not fitted on "
+        f"({settings.get('protocol', 'held-out photos')}; {equivariance.get('r2_convention', 'global')} R², as SIE). Read-outs: `mean_patch` is the backbone's mean "
         "patch token, `equivariant` the mean of the head's equivariant part. The random initialisation (same config "
         "and seed, untrained) and the regressor fitted on shuffled θ are the controls: a trained row says something "
         f"only where it clears both.\n\n{table}\n\nSettings: {setting_text or 'defaults'}."
