@@ -19,7 +19,14 @@ __all__ = ["TeacherCallback"]
 class TeacherCallback(TrainerCallback):
     """Per optimizer step of a model with an EMA teacher: set the step for the teacher-temperature schedule before
     the first micro-batch, drop the student heads' last-layer gradients during their frozen start just before the
-    optimizer steps, and update the teacher right after it (`EquiReconTrainer` adds this callback itself)."""
+    optimizer steps, and update the teacher right after it (`EquiReconTrainer` adds this callback itself). A fresh
+    teacher is copied from the student when training begins, after the model is wrapped (and sharded, under FSDP)
+    and a resumed checkpoint is loaded, and before the first forward."""
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
+        model.ensure_teacher_initialized()
 
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
