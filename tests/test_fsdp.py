@@ -72,6 +72,7 @@ def test_two_processes_shard_student_and_teacher_alike_and_keep_the_ema(tmp_path
         assert record["ema_difference"] <= 1e-6  # the gathered teacher is the EMA of the gathered students
         assert record["student_teacher_difference"] > 1e-4  # and lags behind them
         assert "must be copied from the student before its first forward" in record["refusal"]
+        assert "needs FSDP2" in record["fsdp1_refusal"]
     assert ranks[0]["reload_difference"] == 0  # save_pretrained of the gathered state dict, then from_pretrained
     # The unsharded buffers (the centres) agree on both ranks too.
     assert ranks[0]["fingerprint"] == pytest.approx(ranks[1]["fingerprint"], rel=1e-5)

@@ -17,7 +17,7 @@ from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 from accelerate.utils.launch import prepare_multi_gpu_env
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import FSDPModule
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from trainer_helpers import dino_config, dino_trainer, pair_stream
 from transformers import TrainerControl, TrainerState
 
@@ -140,6 +140,16 @@ def main(output_dir: str, config_file: str) -> None:
     except RuntimeError as error:
         refusal = str(error)
 
+    # FSDP1 is refused before training starts.
+    fsdp1 = FullyShardedDataParallel(
+        EquiReconForPreTraining(dino_config("ibot")), device_id=torch.device("cpu"), use_orig_params=True
+    )
+    try:
+        callback.on_train_begin(trainer.args, TrainerState(max_steps=STEPS), control, model=fsdp1)
+        fsdp1_refusal = None
+    except ValueError as error:
+        fsdp1_refusal = str(error)
+
     record = {
         "world_size": dist.get_world_size(),
         "units": units,
@@ -153,6 +163,7 @@ def main(output_dir: str, config_file: str) -> None:
         "reload_difference": reload_difference,
         "fingerprint": {key: round(float(value.float().sum()), 5) for key, value in final_state.items()},
         "refusal": refusal,
+        "fsdp1_refusal": fsdp1_refusal,
     }
     Path(output_dir, f"fsdp-rank{rank}.json").write_text(json.dumps(record))
     dist.destroy_process_group()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 __all__ = ["TeacherCallback"]
@@ -26,6 +27,12 @@ class TeacherCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
     ) -> None:
+        if _is_fsdp1(model):
+            raise ValueError(
+                "An EMA teacher needs FSDP2 (`fsdp_version: 2` in the accelerate config, transformers' default): "
+                "FSDP1 shards flat parameters per unit, so a process's teacher shard does not hold the rows of its "
+                "student shard."
+            )
         model.ensure_teacher_initialized()
 
     def on_step_begin(
@@ -43,3 +50,11 @@ class TeacherCallback(TrainerCallback):
     ) -> None:
         # global_step already counts the step just taken; the momentum schedule is indexed from 0.
         model.update_teacher(state.global_step - 1, state.max_steps)
+
+
+def _is_fsdp1(model: Any) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(model, FullyShardedDataParallel)
