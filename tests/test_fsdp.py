@@ -73,6 +73,12 @@ def test_two_processes_shard_student_and_teacher_alike_and_keep_the_ema(tmp_path
         assert record["student_teacher_difference"] > 1e-4  # and lags behind them
         assert "must be copied from the student before its first forward" in record["refusal"]
         assert "needs FSDP2" in record["fsdp1_refusal"]
+        # The same through Trainer.train(): TeacherCallback copies the sharded teacher and updates it per step.
+        assert record["trainer_sharded"]
+        assert len(record["trainer_losses"]) == 2 and all(math.isfinite(loss) for loss in record["trainer_losses"])
+        assert record["trainer_copied_difference"] == 0
+        assert record["trainer_ema_difference"] <= 1e-6
+        assert record["trainer_student_teacher_difference"] > 1e-4
     assert ranks[0]["reload_difference"] == 0  # save_pretrained of the gathered state dict, then from_pretrained
     # The unsharded buffers (the centres) agree on both ranks too.
     assert ranks[0]["fingerprint"] == pytest.approx(ranks[1]["fingerprint"], rel=1e-5)

@@ -1,8 +1,11 @@
 """Run by tests/test_fsdp.py under `torch.distributed.run --nproc_per_node=2`: a tiny iBOT + reconstruction host
-sharded with FSDP2 on CPU (gloo) by accelerate's own `fsdp2_prepare_model`, with the plugin `accelerate launch
---config_file CONFIG` gives its processes, then two optimizer steps through `EquiReconTrainer.compute_loss` and the
-`TeacherCallback` events. Trainer itself cannot be used: accelerate turns FSDP on only for accelerator devices
-(`AcceleratorState` keeps a CPU run `MULTI_CPU`, i.e. DDP). Each rank records what it saw in `fsdp-rank{rank}.json`."""
+sharded with FSDP2 on CPU (gloo) with the plugin that `accelerate launch --config_file CONFIG` gives its processes.
+
+First by accelerate's own `fsdp2_prepare_model`, then two optimizer steps through `EquiReconTrainer.compute_loss` and
+the `TeacherCallback` events; then by `Trainer.train()` itself. Trainer alone would not shard on CPU: accelerate turns
+FSDP on only for accelerator devices (`AcceleratorState` keeps a CPU run `MULTI_CPU`, i.e. DDP), so the second run
+switches the accelerator's state to FSDP after the Trainer is built. Each rank records what it saw in
+`fsdp-rank{rank}.json`."""
 
 import json
 import os
@@ -13,13 +16,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-from accelerate.utils import FullyShardedDataParallelPlugin
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 from accelerate.utils.launch import prepare_multi_gpu_env
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from trainer_helpers import dino_config, dino_trainer, pair_stream
-from transformers import TrainerControl, TrainerState
+from transformers import TrainerCallback, TrainerControl, TrainerState
 
 from equirecon import EquiReconForPreTraining
 from equirecon.modeling.objectives import teacher_momentum_schedule
@@ -73,6 +76,34 @@ def student_and_teacher(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     return student, teacher
 
 
+class GatheredStates(TrainerCallback):
+    """The gathered student and teacher when training begins (after `TeacherCallback`, added before this one) and
+    after each optimizer step."""
+
+    def __init__(self):
+        self.students, self.teachers, self.sharded = [], [], None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.sharded = isinstance(model, FSDPModule)
+        self.on_step_end(args, state, control, model=model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        student, teacher = student_and_teacher(gathered_full(model))
+        self.students.append(student)
+        self.teachers.append(teacher)
+
+
+def ema(teacher: dict, students: list[dict]) -> dict:
+    """The teacher after one EMA update per optimizer step from the given students."""
+    teacher = {key: value.clone() for key, value in teacher.items()}
+    for step, student in enumerate(students):
+        momentum = teacher_momentum_schedule(step, STEPS, MOMENTUM)
+        for key, value in teacher.items():
+            if value.is_floating_point():
+                teacher[key] = momentum * value + (1 - momentum) * student[key]
+    return teacher
+
+
 def max_difference(left: dict, right: dict) -> float:
     assert left.keys() == right.keys(), sorted(set(left) ^ set(right))
     return max(float((left[k].float() - right[k].float()).abs().max()) for k in left if left[k].is_floating_point())
@@ -99,8 +130,7 @@ def main(output_dir: str, config_file: str) -> None:
     callback.on_train_begin(trainer.args, state, control, **events)
     student, teacher = student_and_teacher(gathered_full(model))
     copied = max_difference(student, teacher)
-    expected = {key: value.clone() for key, value in teacher.items()}
-    losses = []
+    initial_teacher, students, losses = teacher, [], []
     for step in range(STEPS):
         state.global_step = step
         callback.on_step_begin(trainer.args, state, control, **events)
@@ -114,11 +144,8 @@ def main(output_dir: str, config_file: str) -> None:
         state.global_step = step + 1
         callback.on_step_end(trainer.args, state, control, **events)
         losses.append(float(loss))
-        student, _ = student_and_teacher(gathered_full(model))
-        momentum = teacher_momentum_schedule(step, STEPS, MOMENTUM)
-        for key, value in expected.items():
-            if value.is_floating_point():
-                expected[key] = momentum * value + (1 - momentum) * student[key]
+        students.append(student_and_teacher(gathered_full(model))[0])
+    expected = ema(initial_teacher, students)
     final_state = gathered_full(model)
     student, teacher = student_and_teacher(final_state)
 
@@ -150,6 +177,23 @@ def main(output_dir: str, config_file: str) -> None:
     except ValueError as error:
         fsdp1_refusal = str(error)
 
+    # Trainer's own loop (callback order, gradient accumulation, accelerate's clipping) on the same sharding.
+    trainer = dino_trainer(
+        output_dir,
+        "ibot",
+        {"teacher_momentum": MOMENTUM},
+        max_steps=STEPS,
+        gradient_accumulation_steps=2,
+        save_strategy="no",
+    )
+    trainer.accelerator.state.fsdp_plugin = plugin
+    trainer.accelerator.state.distributed_type = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True
+    states = GatheredStates()
+    trainer.add_callback(states)
+    trainer.train()
+    trainer_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
     record = {
         "world_size": dist.get_world_size(),
         "units": units,
@@ -164,6 +208,11 @@ def main(output_dir: str, config_file: str) -> None:
         "fingerprint": {key: round(float(value.float().sum()), 5) for key, value in final_state.items()},
         "refusal": refusal,
         "fsdp1_refusal": fsdp1_refusal,
+        "trainer_sharded": states.sharded,
+        "trainer_losses": trainer_losses,
+        "trainer_copied_difference": max_difference(states.students[0], states.teachers[0]),
+        "trainer_ema_difference": max_difference(ema(states.teachers[0], states.students[1:]), states.teachers[-1]),
+        "trainer_student_teacher_difference": max_difference(states.students[-1], states.teachers[-1]),
     }
     Path(output_dir, f"fsdp-rank{rank}.json").write_text(json.dumps(record))
     dist.destroy_process_group()
