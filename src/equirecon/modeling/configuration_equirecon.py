@@ -106,9 +106,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         **_IBOT,
         "backbone_config": {**_VIT_S16, "use_mask_token": True, "drop_path_rate": 0.1},
     },
-    # iBOT's ViT-L/16 runs 250 epochs (bytedance/ibot README: 64 GPUs, "1000 effective epochs" in the paper), so the
-    # epoch-based teacher schedules scale to 250; its weight-normalised last layer keeps norm 1, as main_ibot.py
-    # advises beyond ViT-S ("False with vit_small and True with vit_base").
+    # iBOT's ViT-L/16 trains 250 epochs (the "1000 effective epochs" of the iBOT paper), so its epoch-based teacher
+    # schedules are fractions of 250; its weight-normalised last layer keeps norm 1, as main_ibot.py advises beyond
+    # ViT-S ("False with vit_small and True with vit_base").
     "ibot-vit-l16": {
         **_IBOT,
         "backbone_config": {**_VIT_L16, "use_mask_token": True, "drop_path_rate": 0.1},
