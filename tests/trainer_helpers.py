@@ -17,12 +17,21 @@ from equirecon.training.views import TransformPairMaker
 TRANSFORMATION = TransformationConfig(family="rotation")
 
 
-def pair_stream(split: str = "train", seed: int = 0, num_shards: int | None = None, mask_generator=None):
-    """Each process of a distributed run gets its own augmentation stream: its rank seeds the pair maker."""
+def pair_stream(
+    split: str = "train", seed: int = 0, num_shards: int | None = None, mask_generator=None, **maker_options
+):
+    """Each process of a distributed run gets its own augmentation stream: its rank seeds the pair maker.
+    `maker_options` go to `TransformPairMaker` (e.g. local crops)."""
     rank = int(os.environ.get("RANK", 0))
     images = load_images("embedded", split=split)
     maker = TransformPairMaker(
-        TRANSFORMATION, view_preset="crop-only", size=32, seed=seed, rank=rank, mask_generator=mask_generator
+        TRANSFORMATION,
+        view_preset="crop-only",
+        size=32,
+        seed=seed,
+        rank=rank,
+        mask_generator=mask_generator,
+        **maker_options,
     )
     return build_transform_pair_dataset(images, maker, num_shards=num_shards, shuffle_seed=seed, repeat=None)
 

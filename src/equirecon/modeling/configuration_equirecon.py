@@ -106,9 +106,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         **_IBOT,
         "backbone_config": {**_VIT_S16, "use_mask_token": True, "drop_path_rate": 0.1},
     },
+    # iBOT's ViT-L/16 trains 250 epochs (the "1000 effective epochs" of the iBOT paper), so its epoch-based teacher
+    # schedules are fractions of 250; its weight-normalised last layer keeps norm 1, as main_ibot.py advises beyond
+    # ViT-S ("False with vit_small and True with vit_base").
     "ibot-vit-l16": {
         **_IBOT,
         "backbone_config": {**_VIT_L16, "use_mask_token": True, "drop_path_rate": 0.1},
+        "dino_norm_last_layer": True,
+        "dino_warmup_teacher_temperature_steps": 30 / 250,
+        "dino_freeze_last_layer_steps": 1 / 250,
     },
     # Paper Table 4, DINOv2 host: ViT-L/16 for 100 ImageNet-1k epochs, DINOv2's `vitl16_short` configuration
     # (facebookresearch/dinov2:dinov2/configs/ssl_default_config.yaml): 65 536 shared prototypes, KoLeo 0.1,

@@ -224,6 +224,15 @@ def load_backbone_weights(backbone: PreTrainedModel, source: PreTrainedModel) ->
     backbone.load_state_dict({key: state[key] for key in target if key in state}, strict=not set(target) & unused)
 
 
+def _is_fully_sharded(module: nn.Module) -> bool:
+    """Whether FSDP2 (`torch.distributed.fsdp.fully_shard`, what accelerate and Trainer use by default) wraps `module`."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean squared error over the valid pixels only (`mask` is 1 where a pixel is valid, broadcast over channels)."""
     squared_error = (prediction.float() - target.float()).pow(2)
@@ -509,15 +518,29 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
             )
         return self.teacher
 
+    def _paired_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(student, teacher) pairs of the tensors the teacher mirrors, as stored (no copy). Under FSDP2 (`fully_shard`)
+        both are DTensors sharded alike, on dim 0 over the same mesh whichever FSDP group holds them, so each process
+        pairs its own shards and the teacher's updates need no communication."""
+        pairs = []
+        for student_part, teacher_part in zip(self._student_parts(), self._teacher_parts(), strict=True):
+            student_state = student_part.state_dict()
+            pairs.extend((student_state[name], tensor) for name, tensor in teacher_part.state_dict().items())
+        return pairs
+
     @torch.no_grad()
     def reset_teacher(self) -> None:
-        """Copy the student's encoder and heads into the teacher (the start of DINO training)."""
+        """Copy the student's encoder and heads into the teacher (the start of DINO training). The copy is in place,
+        tensor by tensor, so that it also works on a model sharded with FSDP2, between steps."""
         teacher = self._require_teacher()
-        for student_part, teacher_part in zip(self._student_parts(), self._teacher_parts(), strict=True):
-            teacher_part.load_state_dict(student_part.state_dict())
+        for student_tensor, teacher_tensor in self._paired_tensors():
+            teacher_tensor.copy_(student_tensor)
         teacher.initialized.fill_(True)
 
-    def _ensure_teacher_initialized(self) -> None:
+    def ensure_teacher_initialized(self) -> None:
+        """Copy the student into a teacher that has not been copied yet (a fresh model; a loaded checkpoint keeps its
+        teacher). `EquiReconTrainer` calls it at the start of training, before any forward: a model sharded with FSDP
+        cannot make the copy inside its forward, where the parameters are gathered."""
         if not bool(self._require_teacher().initialized):
             self.reset_teacher()
 
@@ -527,22 +550,17 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
         `teacher ← m·teacher + (1 − m)·student` with `m = teacher_momentum_schedule(step, total_steps,
         config.teacher_momentum)` (`facebookresearch/dino:main_dino.py`, "EMA update for the teacher"; one fused
         update per dtype as `facebookresearch/dinov2:dinov2/train/ssl_meta_arch.py: update_teacher`). Integer
-        buffers are copied. Returns m."""
-        self._ensure_teacher_initialized()
+        buffers are copied. On a model sharded with FSDP2 each process updates its own shards. Returns m."""
+        self.ensure_teacher_initialized()
         momentum = teacher_momentum_schedule(step, total_steps, self.config.teacher_momentum)
         teacher_tensors: dict[torch.dtype, list[torch.Tensor]] = {}
         student_tensors: dict[torch.dtype, list[torch.Tensor]] = {}
-        for student_part, teacher_part in zip(self._student_parts(), self._teacher_parts(), strict=True):
-            student_state = student_part.state_dict()
-            for name, teacher_tensor in teacher_part.state_dict().items():
-                student_tensor = student_state[name].detach()
-                if teacher_tensor.is_floating_point():
-                    teacher_tensors.setdefault(teacher_tensor.dtype, []).append(teacher_tensor)
-                    student_tensors.setdefault(teacher_tensor.dtype, []).append(
-                        student_tensor.to(teacher_tensor.dtype)
-                    )
-                else:
-                    teacher_tensor.copy_(student_tensor)
+        for student_tensor, teacher_tensor in self._paired_tensors():
+            if teacher_tensor.is_floating_point():
+                teacher_tensors.setdefault(teacher_tensor.dtype, []).append(teacher_tensor)
+                student_tensors.setdefault(teacher_tensor.dtype, []).append(student_tensor.to(teacher_tensor.dtype))
+            else:
+                teacher_tensor.copy_(student_tensor)
         for dtype, tensors in teacher_tensors.items():
             torch._foreach_mul_(tensors, momentum)
             torch._foreach_add_(tensors, student_tensors[dtype], alpha=1 - momentum)
@@ -568,7 +586,7 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
     def export_teacher(self) -> EquiReconModel:
         """The teacher's encoder and head as a stand-alone `EquiReconModel` (on the teacher's device, eval mode),
         e.g. to evaluate or `save_pretrained` it as DINO does."""
-        self._ensure_teacher_initialized()
+        self.ensure_teacher_initialized()
         config = EquiReconConfig.from_dict(self.config.to_dict())
         model = EquiReconModel(config)
         model.load_state_dict(self.teacher.equirecon.state_dict())
@@ -723,7 +741,13 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
     ) -> torch.Tensor:
         """The DINO-family loss: the teacher encodes the unmasked global views without gradient, the student its
         local crops (a second encoder call: they have another size), and the objective compares."""
-        self._ensure_teacher_initialized()
+        if not bool(self._require_teacher().initialized) and _is_fully_sharded(self):
+            raise RuntimeError(
+                "The EMA teacher of a model sharded with FSDP must be copied from the student before its first forward "
+                "(`ensure_teacher_initialized()`, as EquiReconTrainer does at the start of training): inside the "
+                "forward the parameters are gathered, and the copy would be lost."
+            )
+        self.ensure_teacher_initialized()
         with torch.no_grad():
             teacher_invariant = self.teacher.equirecon(views, return_dict=True).invariant_embeds
         local_cls = None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import ViTImageProcessorPil
+from transformers import ViTImageProcessorPil, set_seed
 from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -332,6 +332,8 @@ def run(
     check_output_dir(
         training_args.output_dir, command="pretrain", resume=resume, overwrite=training_args.overwrite_output_dir
     )
+    # Every process builds the same initial model: FSDP shards each process's own copy, where DDP broadcasts rank 0's.
+    set_seed(training_args.seed)
     model = build_model(model_args, training_args)
     config = model.config
     try:
@@ -403,13 +405,20 @@ def run(
     trainer.log_metrics("all", metrics)
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir)
+        # Under FSDP the trained model is sharded over the processes, and a forward on this one alone would wait for
+        # the others: the figure and the benchmark use the copy `save_model` gathered and wrote.
+        trained = (
+            EquiReconForPreTraining.from_pretrained(output_dir).to(training_args.device)
+            if trainer.is_fsdp_enabled
+            else trainer.model
+        )
         trainer.save_metrics("all", metrics)
         trainer.save_state()
         (output_dir / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
         if eval_dataset:
             figure_batch = collate_transform_pairs(eval_dataset[:4])
             save_reconstruction_figure(
-                trainer.model,
+                trained,
                 figure_batch,
                 transformation,
                 output_dir / "reconstructions.png",
@@ -449,9 +458,7 @@ def run(
             "final_train_losses": _last_logged_losses(trainer.state.log_history),
         }
         if wants_benchmark:
-            equivariance = evaluate_equivariance(
-                trainer.model, data_args, evaluation_args, training_args.seed, output_dir
-            )
+            equivariance = evaluate_equivariance(trained, data_args, evaluation_args, training_args.seed, output_dir)
             metrics.update({f"equivariance_r2_{name}": value for name, value in equivariance["r2"].items()})
             metrics["equivariance_r2_mean"] = equivariance["mean_r2"]
         else:  # the card shows only this run's results

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 __all__ = ["TeacherCallback"]
@@ -19,7 +20,20 @@ __all__ = ["TeacherCallback"]
 class TeacherCallback(TrainerCallback):
     """Per optimizer step of a model with an EMA teacher: set the step for the teacher-temperature schedule before
     the first micro-batch, drop the student heads' last-layer gradients during their frozen start just before the
-    optimizer steps, and update the teacher right after it (`EquiReconTrainer` adds this callback itself)."""
+    optimizer steps, and update the teacher right after it (`EquiReconTrainer` adds this callback itself). A fresh
+    teacher is copied from the student when training begins, after the model is wrapped (and sharded, under FSDP)
+    and a resumed checkpoint is loaded, and before the first forward."""
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
+        if _is_fsdp1(model):
+            raise ValueError(
+                "An EMA teacher needs FSDP2 (`fsdp_version: 2` in the accelerate config, transformers' default): "
+                "FSDP1 shards flat parameters per unit, so a process's teacher shard does not hold the rows of its "
+                "student shard."
+            )
+        model.ensure_teacher_initialized()
 
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
@@ -36,3 +50,11 @@ class TeacherCallback(TrainerCallback):
     ) -> None:
         # global_step already counts the step just taken; the momentum schedule is indexed from 0.
         model.update_teacher(state.global_step - 1, state.max_steps)
+
+
+def _is_fsdp1(model: Any) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(model, FullyShardedDataParallel)
