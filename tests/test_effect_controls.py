@@ -109,3 +109,18 @@ def test_shuffled_theta_control_sits_at_chance_while_the_real_fit_does_not():
     assert result.to_dict()["shuffled_r2"] == result.shuffled_r2
     without = score_feature_pairs(content, content, theta, regressor=RegressorConfig(epochs=2))
     assert without.shuffled_r2 is None
+
+
+def test_component_means_leave_out_batches_that_do_not_count(tmp_path):
+    # An iBOT batch whose pairs are all masked has no reconstruction loss: it must not count as a loss of 0.
+    trainer = tiny_trainer(tmp_path, max_steps=1)
+    counts, skips = torch.ones(()), torch.zeros(())
+    trainer._record_components("eval", {"reconstruction_loss": torch.tensor(0.4), "ssl_loss": torch.tensor(2.0)})
+    trainer._record_components(
+        "eval",
+        {"reconstruction_loss": torch.tensor(0.0), "ssl_loss": torch.tensor(4.0)},
+        {"reconstruction_loss": skips, "ssl_loss": counts},
+    )
+    means = trainer._pop_component_means("eval")
+    assert means["reconstruction_loss"] == pytest.approx(0.4) and means["ssl_loss"] == pytest.approx(3.0)
+    assert trainer._pop_component_means("eval") == {}  # popped: the next evaluation starts clean

@@ -74,9 +74,9 @@ def test_equivariance_on_embedded_photos_writes_json_and_bar_chart(vit_dir, tmp_
     assert document["mean_r2"] == pytest.approx(np.mean(list(document["r2"].values())))
     assert document["r2_convention"] == "global"
     assert document["settings"]["input"]["image_mean"] == [0.5, 0.5, 0.5]  # from the image processor
-    assert document["settings"]["num_images"] == 18 and document["settings"]["protocol"] == "cross-validation by crop"
+    assert document["settings"]["num_images"] == 4 and document["settings"]["protocol"] == "cross-validation by crop"
     assert [entry["metric_name"] for entry in document["eval_results"]] == ["R² rotation", "R² color", "R² mean"]
-    assert "18 embedded photos, cross-validated by crop" in caplog.text  # says which default set was used
+    assert "4 embedded validation photos" in caplog.text  # says which default set was used
     chart = output.with_name("equivariance_r2.png")
     with Image.open(chart) as image:
         assert image.format == "PNG" and image.width > 300

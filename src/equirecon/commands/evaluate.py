@@ -103,6 +103,7 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
     from ..evaluation.regression import RegressorConfig
     from ..imaging.decoding import decode_images
     from ..imaging.sources import (
+        EMBEDDED_VALIDATION_PHOTOS,
         embedded_photos,
         find_image_column,
         load_images,
@@ -111,10 +112,15 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
 
     test_images = None
     if args.dataset == "embedded" and args.split == "train" and args.test_split is None:
-        images = embedded_photos("all")
-        dataset_name = "embedded photos"
+        # The photos an equirecon model pretrained on the embedded set has not seen (`--split all` adds the others).
+        images = embedded_photos("validation")
+        dataset_name = "embedded photos (validation)"
         logger.info(
-            "images: the %d embedded photos, cross-validated by %s (%d folds)", len(images), args.group_by, args.folds
+            "images: the %d embedded validation photos (%s), cross-validated by %s (%d folds)",
+            len(images),
+            ", ".join(EMBEDDED_VALIDATION_PHOTOS),
+            args.group_by,
+            args.folds,
         )
     else:
         images = load_images(args.dataset, split=args.split, image_column=args.image_column)

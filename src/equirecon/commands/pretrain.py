@@ -64,13 +64,13 @@ def evaluate_equivariance(
 
     Every read-out in `evaluation_args.equivariance_features` is scored (the first, with its θ-shuffled control, is
     the headline), and so is a randomly initialised encoder of the same config (seeded like the run), so the card
-    shows what pretraining added. The crops are cut from all the embedded photos, or from the dataset's validation
-    split, and split by crop into the regressor's training, early-stopping and scored crops. Inputs are normalised as the image processor saved in `output_dir` says (a warm
+    shows what pretraining added. The crops are cut from the validation split's photos (never seen in pretraining)
+    and split by crop into the regressor's training, early-stopping and scored crops. Inputs are normalised as the image processor saved in `output_dir` says (a warm
     start keeps its checkpoint's statistics)."""
     from ..evaluation import FeatureCache, InputSpec, RegressorConfig, run_equivariance_benchmark
 
-    split = "all" if data_args.dataset == "embedded" else data_args.validation_split
-    images = load_images(data_args.dataset, split=split)
+    # Photos the encoder was not pretrained on: the random-initialisation control has never seen any photo.
+    images = load_images(data_args.dataset, split=data_args.validation_split)
     features = evaluation_args.equivariance_features
     saved_processor = output_dir / "preprocessor_config.json"
     input_spec = InputSpec.from_model(
@@ -100,7 +100,7 @@ def evaluate_equivariance(
 
     read_outs = score(model.equirecon)
     headline = read_outs[features[0]]
-    dataset_name = "equirecon embedded photos" if data_args.dataset == "embedded" else data_args.dataset
+    dataset_name = "equirecon embedded photos (validation)" if data_args.dataset == "embedded" else data_args.dataset
     # The shape `equirecon evaluate equivariance --output` writes (the headline result, then its model-index
     # entries), plus every read-out and the random-initialisation reference.
     results = {

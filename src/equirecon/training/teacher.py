@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 __all__ = ["TeacherCallback"]
 
@@ -34,6 +37,13 @@ class TeacherCallback(TrainerCallback):
                 "student shard."
             )
         model.ensure_teacher_initialized()
+        if args.gradient_accumulation_steps > 1:
+            logger.warning(
+                "gradient_accumulation_steps=%d: the teacher's EMA runs once per optimizer step, but its centre (and "
+                "Sinkhorn-Knopp) moves once per micro-batch, from that micro-batch alone (the reference "
+                "implementations use the whole step's batch). Prefer a larger per-device batch where memory allows.",
+                args.gradient_accumulation_steps,
+            )
 
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any

@@ -96,8 +96,9 @@ class EquiReconTrainer(Trainer):
         self.image_std = image_std
         if training_args is not None:
             check_config_agrees(training_args, config)
+        # Per phase and component: (sum of batch values, number of batches that counted), on the device.
         self._component_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
-        self._component_counts: dict[str, int] = {"train": 0, "eval": 0}
+        self._component_counts: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._non_finite: tuple[torch.Tensor, torch.Tensor] | None = None
         self._components_present: list[str] = []
         if getattr(self.model, "teacher", None) is not None:  # DINO family: the EMA teacher follows global_step
@@ -140,37 +141,56 @@ class EquiReconTrainer(Trainer):
         if phase == "train":
             self._note_non_finite(loss, outputs)
         components = {name: getattr(outputs, name) for name in LOSS_COMPONENTS}
-        if phase == "eval" and outputs.reconstruction_loss is not None:
-            components.update(self._copy_baselines(inputs["pixel_values"], pair))
-        self._record_components(phase, components)
+        weights: dict[str, torch.Tensor] = {}
+        if outputs.reconstruction_loss is not None:
+            # The model leaves masked pairs (iBOT, DINOv2) out of the reconstruction loss; the controls must score
+            # the same pairs, and a batch without any unmasked pair must not count as a loss of 0.
+            masks = pair.target_masks
+            if inputs.get("bool_masked_pos") is not None:
+                unmasked = ~inputs["bool_masked_pos"].flatten(1).any(dim=1)
+                masks = masks * unmasked.to(masks.dtype).view(-1, *([1] * (masks.ndim - 1)))
+                weights["reconstruction_loss"] = unmasked.any().float()
+            if phase == "eval":
+                components.update(self._copy_baselines(inputs["pixel_values"], pair, masks))
+                weights.update(dict.fromkeys(COPY_BASELINES, weights.get("reconstruction_loss")))
+        self._record_components(phase, components, weights)
         return (loss, outputs) if return_outputs else loss
 
     @staticmethod
-    def _copy_baselines(first_view: torch.Tensor, pair: Any) -> dict[str, torch.Tensor]:
+    def _copy_baselines(first_view: torch.Tensor, pair: Any, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         targets = pair.targets
         answers = (pair.transformed, box_blur(pair.transformed, BLURRED_COPY_KERNEL), first_view)
         return {
-            name: masked_mse(view.unsqueeze(1).expand_as(targets), targets, pair.target_masks)
+            name: masked_mse(view.unsqueeze(1).expand_as(targets), targets, masks)
             for name, view in zip(COPY_BASELINES, answers, strict=True)
         }
 
-    def _record_components(self, phase: str, components: dict[str, torch.Tensor | None]) -> None:
-        sums = self._component_sums[phase]
+    def _record_components(
+        self,
+        phase: str,
+        components: dict[str, torch.Tensor | None],
+        weights: dict[str, torch.Tensor | None] | None = None,
+    ) -> None:
+        """Add each component's batch value, weighted by whether the batch counts for it (default: it does)."""
+        sums, counts = self._component_sums[phase], self._component_counts[phase]
         for name, value in components.items():
-            if value is not None:
-                sums[name] = sums.get(name, 0.0) + value.detach().float()
-        self._component_counts[phase] += 1
+            if value is None:
+                continue
+            weight = (weights or {}).get(name)
+            weight = torch.ones((), device=value.device) if weight is None else weight
+            sums[name] = sums.get(name, 0.0) + value.detach().float() * weight
+            counts[name] = counts.get(name, 0.0) + weight
 
     def _pop_component_means(self, phase: str) -> dict[str, float]:
-        """Mean of each component since the last call, over micro-steps and then over processes."""
-        sums, count = self._component_sums[phase], self._component_counts[phase]
-        self._component_sums[phase], self._component_counts[phase] = {}, 0
-        if count == 0:
-            return {}
+        """Mean of each component over the batches that counted since the last call, on all processes."""
+        sums, counts = self._component_sums[phase], self._component_counts[phase]
+        self._component_sums[phase], self._component_counts[phase] = {}, {}
         means = {}
         for name in sorted(sums):  # the same order on every process
-            local_mean = (sums[name] / count).to(self.args.device)
-            means[name] = self.accelerator.reduce(local_mean, reduction="mean").item()
+            totals = torch.stack([sums[name], counts[name]]).to(self.args.device)
+            total, count = self.accelerator.reduce(totals, reduction="sum").tolist()
+            if count > 0:
+                means[name] = total / count
         return means
 
     def _note_non_finite(self, loss: torch.Tensor, outputs: Any) -> None:
