@@ -3,15 +3,12 @@ EMA, accumulation, resume), block masking, and saving/exporting."""
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from distributed_helpers import run_two_processes
 from model_helpers import tiny_config
 from trainer_helpers import TRANSFORMATION, StopAt, dino_config, dino_trainer, pair_stream
 from transformers import TrainerCallback, set_seed
@@ -464,15 +461,7 @@ def test_export_teacher_gives_the_teacher_as_an_equirecon_model(tmp_path):
 def test_two_processes_keep_one_teacher_without_syncing_its_gradients(tmp_path):
     # DDP: the student is synchronised, the teacher (no gradients) is left out of the reducer yet stays identical on
     # every rank, and the centres average over both ranks' batches.
-    script = Path(__file__).parent / "scripts" / "distributed_dino.py"
-    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-    port = str(29700 + os.getpid() % 1000)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
-    result = subprocess.run(
-        [*command, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_two_processes("distributed_dino.py", tmp_path, port_base=29700)
     ranks = [json.loads((tmp_path / f"dino-rank{rank}.json").read_text()) for rank in range(2)]
     assert ranks[0]["world_size"] == 2
     assert not ranks[0]["teacher_requires_grad"]

@@ -1,9 +1,6 @@
 """`equirecon finetune` end to end (tiny models, a handful of steps), its data, recipes and argument errors."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -11,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from distributed_helpers import run_two_processes
 from huggingface_hub import ModelCard
 from model_helpers import tiny_config
 from PIL import Image
@@ -442,18 +440,7 @@ def test_ade20k_folder_layout_pairs_images_with_annotations(tmp_path, caplog):
 
 def test_two_process_ddp_fine_tune_without_find_unused_parameters(checkpoint, tmp_path):
     """Every parameter of the classification model gets a gradient, so plain DDP (gloo, CPU) trains it."""
-    script = Path(__file__).parent / "scripts" / "distributed_finetune.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    port = str(29700 + os.getpid() % 1000)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
-    result = subprocess.run(
-        [*command, str(script), str(checkpoint), str(tmp_path / "run")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_two_processes("distributed_finetune.py", checkpoint, tmp_path / "run", port_base=29700)
     assert "find_unused_parameters" not in result.stderr
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
     assert state["global_step"] == 2

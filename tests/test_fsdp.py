@@ -2,14 +2,12 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from distributed_helpers import run_two_processes
 
 from equirecon import EquiReconConfig, EquiReconForPreTraining
 from equirecon.commands.pretrain import parse_arguments
@@ -44,19 +42,7 @@ def test_the_ibot_vit_l_recipe_has_the_papers_batch_and_schedule():
 
 def test_two_processes_shard_student_and_teacher_alike_and_keep_the_ema(tmp_path):
     # FSDP2 on CPU (gloo), wrapped by accelerate from the recipe's accelerate config; tests/scripts/distributed_fsdp.py.
-    script = Path(__file__).parent / "scripts" / "distributed_fsdp.py"
-    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-    port = str(28700 + os.getpid() % 1000)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
-    result = subprocess.run(
-        [*command, str(script), str(tmp_path), str(ACCELERATE_CONFIG)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_two_processes("distributed_fsdp.py", tmp_path, ACCELERATE_CONFIG, port_base=28700, timeout=300)
     ranks = [json.loads((tmp_path / f"fsdp-rank{rank}.json").read_text()) for rank in range(2)]
     for record in ranks:
         assert record["world_size"] == 2

@@ -1,12 +1,9 @@
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from distributed_helpers import run_two_processes
 from trainer_helpers import StopAt, pair_stream, tiny_trainer, training_arguments
 from transformers import AutoModel
 
@@ -110,21 +107,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
 
 
 def test_two_processes_read_different_data_and_save_a_loadable_model(tmp_path):
-    script = Path(__file__).parent / "scripts" / "distributed_pretrain.py"
-    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-    port = str(29600 + os.getpid() % 1000)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={port}",
-        str(script),
-        str(tmp_path),
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_two_processes("distributed_pretrain.py", tmp_path, port_base=29600)
     seen = [json.loads((tmp_path / f"seen-rank{rank}.json").read_text()) for rank in range(2)]
     assert seen[0]["world_size"] == seen[1]["world_size"] == 2
     assert len(seen[0]["batches"]) == len(seen[1]["batches"]) == 3

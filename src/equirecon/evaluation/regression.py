@@ -60,15 +60,19 @@ class RegressorConfig:
         return {**asdict(self), "hidden_sizes": list(self.hidden_sizes)}
 
 
+def _constant_columns(values: torch.Tensor) -> torch.Tensor:
+    """Columns without variance (relative to their size), as a boolean mask."""
+    values = values.double()
+    return values.std(dim=0, unbiased=False) <= 1e-6 * (values.mean(dim=0).abs() + 1.0)
+
+
 def _standardizer(values: torch.Tensor, enabled: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and scale of each column; columns without variance are only centred (their scale stays 1)."""
     if not enabled:
         return torch.zeros(values.shape[1]), torch.ones(values.shape[1])
-    values = values.double()
-    mean = values.mean(dim=0)
-    std = values.std(dim=0, unbiased=False)
-    degenerate = std <= 1e-6 * (mean.abs() + 1.0)
-    return mean.float(), torch.where(degenerate, torch.ones_like(std), std).float()
+    std = values.double().std(dim=0, unbiased=False)
+    scale = torch.where(_constant_columns(values), torch.ones_like(std), std)
+    return values.double().mean(dim=0).float(), scale.float()
 
 
 class MLPRegressor(nn.Module):
@@ -152,7 +156,7 @@ def fit_mlp_regressor(
         model = MLPRegressor(features.shape[1], targets.shape[1], config.hidden_sizes)
     model.input_mean, model.input_scale = _standardizer(features, config.standardize_inputs)
     model.target_mean, model.target_scale = _standardizer(targets, config.standardize_targets)
-    constant = targets.double().std(dim=0, unbiased=False) <= 1e-6 * (targets.double().mean(dim=0).abs() + 1.0)
+    constant = _constant_columns(targets)
     model.target_mean[constant] = targets.mean(dim=0)[constant]
     model.target_min, model.target_max = targets.amin(dim=0), targets.amax(dim=0)
     model.target_scale[constant] = 0.0
