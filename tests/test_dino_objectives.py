@@ -76,25 +76,62 @@ def test_koleo_matches_a_direct_computation():
 
 def test_centering_follows_its_definition():
     centering = TeacherCentering(3, momentum=0.9)
-    centering.update(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]))
+    centering.accumulate(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]))
+    assert torch.count_nonzero(centering.center) == 0  # nothing moves before the step
+    centering.step()
     assert torch.allclose(centering.center, torch.tensor([[0.2, 0.2, 0.2]]))
-    centering.update(torch.tensor([[0.0, 0.0, 10.0]]))
+    centering.accumulate(torch.tensor([[0.0, 0.0, 10.0]]))
+    centering.step()
+    assert torch.allclose(centering.center, torch.tensor([[0.18, 0.18, 1.18]]))
+    centering.step()  # a step without scores leaves the centre alone
     assert torch.allclose(centering.center, torch.tensor([[0.18, 0.18, 1.18]]))
     logits = torch.tensor([[1.0, 0.0, 2.0]])
     expected = F.softmax((logits - centering.center) / 0.04, dim=-1)
     assert torch.allclose(centering(logits, 0.04), expected)
 
 
-def test_centres_move_in_training_only():
+def test_a_step_of_micro_batches_moves_the_centre_as_its_whole_batch_would():
+    scores = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    whole, micro = TeacherCentering(4, momentum=0.9), TeacherCentering(4, momentum=0.9)
+    whole.accumulate(scores)
+    for part in scores.split([3, 3, 4]):  # unequal micro-batches weigh by their sizes
+        micro.accumulate(part)
+    whole.step(), micro.step()
+    assert torch.allclose(micro.center, whole.center, atol=1e-6)
+    assert torch.allclose(whole.center, 0.1 * scores.mean(dim=0, keepdim=True), atol=1e-6)
+
+
+def test_centres_collect_in_training_only_and_move_with_the_teacher_update():
     model = EquiReconForPreTraining(dino_config())
     center = model.ssl_objective.cls_centering.center
     model.eval()
     with torch.no_grad():
         model(**batch())
+    model.update_teacher(0, 10)
     assert torch.count_nonzero(center) == 0
     model.train()
     model(**batch())
+    assert torch.count_nonzero(center) == 0  # collected, not applied: every micro-batch of a step sees one centre
+    model.update_teacher(0, 10)
     assert torch.count_nonzero(center) > 0
+
+
+def test_gradient_accumulation_centres_as_one_batch(tmp_path):
+    """Two micro-batches of 2 then one optimizer step move iBOT's CLS and patch centres exactly as one batch of 4."""
+    set_seed(0)
+    whole = EquiReconForPreTraining(dino_config("ibot"))
+    micro = EquiReconForPreTraining(dino_config("ibot"))
+    micro.load_state_dict(whole.state_dict())
+    inputs = batch(masked=True)
+    with torch.no_grad():
+        whole(**inputs)
+        for half in (slice(0, 2), slice(2, 4)):
+            micro(**{key: value[half] for key, value in inputs.items()})
+    whole.update_teacher(0, 10), micro.update_teacher(0, 10)
+    for name in ("cls_centering", "patch_centering"):
+        expected = getattr(whole.ssl_objective, name).center
+        assert torch.count_nonzero(expected) > 0
+        assert torch.allclose(getattr(micro.ssl_objective, name).center, expected, atol=1e-6), name
 
 
 def _sinkhorn_reference(logits, temperature, iterations):

@@ -55,10 +55,13 @@ def test_model_card_reports_the_measured_results(pretrained_run):
 def test_closing_evaluation_reports_read_outs_next_to_their_controls(pretrained_run):
     equivariance = json.loads((pretrained_run / "equivariance_results.json").read_text())
     assert equivariance["feature"] == "mean_patch"  # the headline: the backbone, where reconstruction acts
-    assert set(equivariance["read_outs"]) == set(equivariance["random_init"]) == {"mean_patch", "equivariant"}
+    assert equivariance["reference"]["label"] == "random initialisation"
+    assert (
+        set(equivariance["read_outs"]) == set(equivariance["reference"]["read_outs"]) == {"mean_patch", "equivariant"}
+    )
     assert set(equivariance["shuffled_r2"]) == {"rotation", "color", "blur", "translation"}
     card = build_model_card(pretrained_run).text
-    reference = equivariance["random_init"]["mean_patch"]["r2"]["rotation"]
+    reference = equivariance["reference"]["read_outs"]["mean_patch"]["r2"]["rotation"]
     assert "| random initialisation, mean_patch | " + f"{reference:.3f}" in card
     assert "| θ-shuffled control (chance), mean_patch |" in card
     metrics = json.loads((pretrained_run / "equirecon_run.json").read_text())["metrics"]

@@ -19,11 +19,14 @@ from transformers import (
     ViTMAEConfig,
     ViTMAEModel,
     ViTModel,
+    set_seed,
 )
 
 from equirecon import EquiReconForPreTraining, EquiReconModel
 from equirecon.cli import main as cli_main
 from equirecon.modeling.modeling_equirecon import load_backbone_weights
+from equirecon.training.arguments import EquiReconTrainingArguments, ModelArguments
+from equirecon.training.pretrain import build_model, starting_point
 
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
 HEADS = {"d_patch": 16, "d_equi": 8, "vicreg_expander_dims": [32, 32], "decoder_hidden_channels": 8}
@@ -176,6 +179,24 @@ def test_pretrain_command_starts_from_the_checkpoint(checkpoints, tmp_path):
     assert record["init_from"] == {"checkpoint": checkpoints["vit"], "local": True, "model_type": "vit"}
     card = (output_dir / "README.md").read_text()
     assert f"Encoder initialised from the local checkpoint `{checkpoints['vit']}` (vit)" in card
+    # The benchmark's reference is the checkpoint the run started from, not a random encoder.
+    reference = equivariance["reference"]
+    assert reference["label"] == f"start ({checkpoints['vit']})"
+    rotation = reference["read_outs"]["mean_patch"]["r2"]["rotation"]
+    assert f"| start ({checkpoints['vit']}), mean_patch | {rotation:.3f} |" in card
+
+
+def test_the_starting_point_is_the_model_before_its_first_step(checkpoints, tmp_path):
+    training_args = EquiReconTrainingArguments(output_dir=str(tmp_path), seed=3, use_cpu=True)
+    warm = starting_point(ModelArguments(init_from=checkpoints["vit"]), training_args)
+    start = ViTModel.from_pretrained(checkpoints["vit"]).state_dict()
+    assert all(torch.equal(value, start[name]) for name, value in warm.model.equirecon.backbone.state_dict().items())
+    fresh = [starting_point(ModelArguments(preset="tiny"), training_args) for _ in range(2)]
+    set_seed(3)
+    trained_from = build_model(ModelArguments(preset="tiny"), training_args).state_dict()
+    assert fresh[0].label == "random initialisation"
+    for candidate in fresh:
+        assert all(torch.equal(value, trained_from[name]) for name, value in candidate.model.state_dict().items())
 
 
 def test_pretrain_command_with_a_preset_and_another_image_size(checkpoints, tmp_path):

@@ -151,6 +151,9 @@ def _r2_row(label: str, result: dict[str, Any], families: list[str], key: str = 
     return f"| {label} | " + " | ".join(cells) + (f" | {mean:.3f} |" if mean is not None else " | – |")
 
 
+_REFERENCES = {"random initialisation": "random initialisation: the same config and seed, untrained"}
+
+
 def _evaluation_summary(equivariance: dict[str, Any] | None) -> str:
     if equivariance is None:
         return (
@@ -160,13 +163,14 @@ def _evaluation_summary(equivariance: dict[str, Any] | None) -> str:
     families = list(equivariance["r2"])
     settings = equivariance.get("settings", {})
     read_outs = equivariance.get("read_outs") or {equivariance["feature"]: equivariance}
-    reference = equivariance.get("random_init") or {}
+    reference = equivariance.get("reference") or {}
+    reference_label, reference = reference.get("label", ""), reference.get("read_outs", {})
     header = "| model, features | " + " | ".join(f"R² {f}" for f in families) + " | mean |"
     rows = [header, "|---" * (len(families) + 2) + "|"]
     for feature, result in read_outs.items():
         rows.append(_r2_row(f"this model, {feature}", result, families))
         if feature in reference:
-            rows.append(_r2_row(f"random initialisation, {feature}", reference[feature], families))
+            rows.append(_r2_row(f"{reference_label}, {feature}", reference[feature], families))
     for feature, result in read_outs.items():
         if result.get("shuffled_r2"):
             rows.append(_r2_row(f"θ-shuffled control (chance), {feature}", result, families, key="shuffled_r2"))
@@ -176,9 +180,10 @@ def _evaluation_summary(equivariance: dict[str, Any] | None) -> str:
         "The paper's synthetic equivariance benchmark: g with a random θ is applied to images, the frozen encoder "
         "embeds I and g_θ(I), and an MLP regresses θ from the pair; R² on images the regressor was not fitted on "
         f"({settings.get('protocol', 'held-out photos')}; {equivariance.get('r2_convention', 'global')} R², as SIE). Read-outs: `mean_patch` is the backbone's mean "
-        "patch token, `equivariant` the mean of the head's equivariant part. The random initialisation (same config "
-        "and seed, untrained) and the regressor fitted on shuffled θ are the controls: a trained row says something "
-        f"only where it clears both.\n\n{table}\n\nSettings: {setting_text or 'defaults'}."
+        "patch token, `equivariant` the mean of the head's equivariant part. The model this run started from "
+        f"({_REFERENCES.get(reference_label, reference_label or 'not scored')}) and the regressor fitted on shuffled θ "
+        "are the controls: a trained row says something only where it clears both."
+        f"\n\n{table}\n\nSettings: {setting_text or 'defaults'}."
     )
 
 

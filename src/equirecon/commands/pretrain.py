@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import HfArgumentParser, ViTImageProcessorPil, set_seed
+from transformers import HfArgumentParser, ViTImageProcessorPil
 
 from ..command_line import config_action, format_help, parse_dataclass_arguments, pop_config_file, run_command
 from ..imaging.sources import load_images
@@ -59,17 +59,19 @@ def evaluate_equivariance(
     evaluation_args: EvaluationArguments,
     seed: int,
     output_dir: Path,
+    reference: pretrain.StartingPoint | None = None,
 ) -> dict[str, Any]:
     """The paper's equivariance R² benchmark on the frozen encoder; writes `equivariance_results.json`.
 
     Every read-out in `evaluation_args.equivariance_features` is scored (the first, with its θ-shuffled control, is
-    the headline), and so is a randomly initialised encoder of the same config (seeded like the run), so the card
-    shows what pretraining added. The crops are cut from the validation split's photos (never seen in pretraining)
+    the headline), and so is `reference`, the model the run started from (a random initialisation of the same
+    config and seed, or the checkpoint of `--init_from` / `--model_name_or_path`), so the card shows what this run's
+    pretraining added. The crops are cut from the validation split's photos (never seen in pretraining)
     and split by crop into the regressor's training, early-stopping and scored crops. Inputs are normalised as the image processor saved in `output_dir` says (a warm
     start keeps its checkpoint's statistics)."""
     from ..evaluation import FeatureCache, InputSpec, RegressorConfig, run_equivariance_benchmark
 
-    # Photos the encoder was not pretrained on: the random-initialisation control has never seen any photo.
+    # Photos the encoder was not pretrained on.
     images = load_images(data_args.dataset, split=data_args.validation_split)
     features = evaluation_args.equivariance_features
     saved_processor = output_dir / "preprocessor_config.json"
@@ -102,17 +104,19 @@ def evaluate_equivariance(
     headline = read_outs[features[0]]
     dataset_name = "equirecon embedded photos (validation)" if data_args.dataset == "embedded" else data_args.dataset
     # The shape `equirecon evaluate equivariance --output` writes (the headline result, then its model-index
-    # entries), plus every read-out and the random-initialisation reference.
+    # entries), plus every read-out and the reference.
     results = {
         **headline.to_dict(),
         "dataset": dataset_name,
         "eval_results": headline.to_eval_results(dataset_name),
         "read_outs": {feature: result.to_dict() for feature, result in read_outs.items()},
     }
-    if evaluation_args.equivariance_reference:
-        set_seed(seed)
-        reference = EquiReconForPreTraining(model.config).equirecon.to(model.device)
-        results["random_init"] = {feature: result.to_dict() for feature, result in score(reference).items()}
+    if reference is not None:
+        encoder = reference.model.equirecon.to(model.device).eval()
+        results["reference"] = {
+            "label": reference.label,
+            "read_outs": {feature: result.to_dict() for feature, result in score(encoder).items()},
+        }
     (output_dir / EQUIVARIANCE_FILE).write_text(json.dumps(results, indent=2))
     logger.info("Equivariance benchmark:\n%s", "\n".join(result.table() for result in read_outs.values()))
     return results

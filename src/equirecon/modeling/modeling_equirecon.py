@@ -550,8 +550,10 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
         `teacher ← m·teacher + (1 − m)·student` with `m = teacher_momentum_schedule(step, total_steps,
         config.teacher_momentum)` (`facebookresearch/dino:main_dino.py`, "EMA update for the teacher"; one fused
         update per dtype as `facebookresearch/dinov2:dinov2/train/ssl_meta_arch.py: update_teacher`). Integer
-        buffers are copied. On a model sharded with FSDP2 each process updates its own shards. Returns m."""
+        buffers are copied. The objective's centres move here too, from the scores of every micro-batch of the step.
+        On a model sharded with FSDP2 each process updates its own shards. Returns m."""
         self.ensure_teacher_initialized()
+        self.ssl_objective.step_centres()
         momentum = teacher_momentum_schedule(step, total_steps, self.config.teacher_momentum)
         teacher_tensors: dict[torch.dtype, list[torch.Tensor]] = {}
         student_tensors: dict[torch.dtype, list[torch.Tensor]] = {}

@@ -249,26 +249,39 @@ class DINOHeads(nn.Module):
 
 class TeacherCentering(nn.Module):
     """The EMA centre that DINO subtracts from the teacher's scores against collapse:
-    `center ← momentum·center + (1 − momentum)·mean of the batch's teacher scores` over all processes
+    `center ← momentum·center + (1 − momentum)·mean of the step's teacher scores` over all processes
     (`facebookresearch/dino:main_dino.py: DINOLoss.update_center`). A persistent buffer: it is saved with the model
-    and a resumed run continues from it."""
+    and a resumed run continues from it.
+
+    The centre moves once per optimizer step, from the whole step's batch, as upstream's: `accumulate` adds each
+    micro-batch's scores (summed over all processes), and `step` applies their mean. Under gradient accumulation
+    every micro-batch of a step is centred by the same centre, and the step's batch is the union of its
+    micro-batches. The pending sums are plain tensors, not buffers, so they are neither saved nor broadcast by DDP;
+    they are empty between optimizer steps, where checkpoints are taken."""
 
     def __init__(self, dim: int, momentum: float):
         super().__init__()
         self.momentum = momentum
         self.register_buffer("center", torch.zeros(1, dim))
+        self._pending: torch.Tensor | None = None  # (dim + 1,): the step's summed scores, then their count
 
     def forward(self, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
         """Centred and sharpened teacher probabilities, `softmax((logits − center) / temperature)`."""
         return F.softmax((teacher_logits.float() - self.center) / temperature, dim=-1)
 
     @torch.no_grad()
-    def update(self, teacher_logits: torch.Tensor) -> None:
-        """Move the centre towards the mean of `teacher_logits` (N, K) over this batch on all processes."""
+    def accumulate(self, teacher_logits: torch.Tensor) -> None:
+        """Add this micro-batch's teacher scores `(N, K)`, from all processes, to the step's pending sums."""
         total = torch.cat([teacher_logits.float().sum(dim=0), teacher_logits.new_full((1,), len(teacher_logits))])
         total = _all_reduce_sum(total.float())
-        if total[-1] > 0:
-            batch_center = (total[:-1] / total[-1]).unsqueeze(0)
+        self._pending = total if self._pending is None else self._pending + total
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Move the centre towards the mean of the scores accumulated since the last step, and clear them."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[-1] > 0:
+            batch_center = (pending[:-1] / pending[-1]).unsqueeze(0).to(self.center.device)
             self.center.mul_(self.momentum).add_(batch_center, alpha=1 - self.momentum)
 
 
@@ -352,8 +365,9 @@ class DINOObjective(SSLObjective):
     The teacher's temperature follows `teacher_temperature_schedule` at the step given by `set_progress` (the
     trainer sets it from `global_step` at every optimizer step, so a resumed run continues the schedule exactly).
     Before any progress is set the run's length is unknown: a warm-up given as a fraction is then over and the
-    teacher uses its final temperature. Centres move only in training mode: evaluating does not change the training
-    state.
+    teacher uses its final temperature. The centres collect the teacher's scores in training mode only (evaluating
+    does not change the training state) and move once per optimizer step, when `step_centres` is called with the
+    teacher's EMA update.
 
     Args:
         patch_loss_weight: weight of the masked-patch term; 0 is DINO.
@@ -422,6 +436,13 @@ class DINOObjective(SSLObjective):
         """The optimizer step about to run (0-based) and the run's length, for the temperature schedule."""
         self.step, self.total_steps = step, total_steps
 
+    def step_centres(self) -> None:
+        """Apply the centre updates accumulated over this optimizer step's micro-batches (called with the EMA update
+        of the teacher, once per optimizer step)."""
+        for centering in (self.cls_centering, self.patch_centering):
+            if centering is not None:
+                centering.step()
+
     def teacher_temperature(self) -> float:
         warmup = resolve_steps(self.warmup_teacher_temperature_steps, self.total_steps)
         return teacher_temperature_schedule(self.step, warmup, *self.teacher_temperature_range)
@@ -440,7 +461,7 @@ class DINOObjective(SSLObjective):
             return sinkhorn_knopp(logits, temperature, self.sinkhorn_iterations)
         probs = centering(logits, temperature)
         if self.training:
-            centering.update(logits)
+            centering.accumulate(logits)
         return probs
 
     def forward(
@@ -492,7 +513,7 @@ class DINOObjective(SSLObjective):
                 teacher_logits = teacher_heads.patch_head(teacher_patches).float()
                 teacher_probs = self.patch_centering(teacher_logits[masks], temperature)
                 if self.training:
-                    self.patch_centering.update(teacher_logits.flatten(0, -2))
+                    self.patch_centering.accumulate(teacher_logits.flatten(0, -2))
         student_logits = self.heads.patch_head(student_patches[masks])
         return masked_patch_loss(student_logits, teacher_probs, masks, self.student_temperature)
 

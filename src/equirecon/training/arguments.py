@@ -228,7 +228,10 @@ class EvaluationArguments:
     )
     equivariance_reference: bool = field(
         default=True,
-        metadata={"help": "Also score a randomly initialised encoder of the same config, the reference row."},
+        metadata={
+            "help": "Also score the model the run started from (its random initialisation, or the --init_from "
+            "checkpoint): the reference row."
+        },
     )
     equivariance_num_crops: int = field(
         default=4096,

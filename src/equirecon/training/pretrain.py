@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import ViTImageProcessorPil, set_seed
@@ -300,8 +300,25 @@ def save_reconstruction_figure(
 
 #: `evaluate_equivariance(model, data_args, evaluation_args, seed, output_dir) -> results`, as
 #: `equirecon.commands.pretrain.evaluate_equivariance`.
+class StartingPoint(NamedTuple):
+    """The model a run started from, rebuilt after training as the benchmark's reference row."""
+
+    label: str
+    model: EquiReconForPreTraining
+
+
+def starting_point(model_args: ModelArguments, training_args: EquiReconTrainingArguments) -> StartingPoint:
+    """The model `run` trained, as it was before its first step: built again the same way, from the same seed, so a
+    new model gets the same random weights and a warm start the same checkpoint. What a run added is measured against
+    this, not against a random encoder when it started from trained weights."""
+    set_seed(training_args.seed)
+    source = model_args.init_from or model_args.model_name_or_path
+    label = f"start ({source})" if source else "random initialisation"
+    return StartingPoint(label, build_model(model_args, training_args))
+
+
 EquivarianceEvaluator = Callable[
-    [EquiReconForPreTraining, DataArguments, EvaluationArguments, int, Path], dict[str, Any]
+    [EquiReconForPreTraining, DataArguments, EvaluationArguments, int, Path, StartingPoint | None], dict[str, Any]
 ]
 
 
@@ -458,7 +475,10 @@ def run(
             "final_train_losses": _last_logged_losses(trainer.state.log_history),
         }
         if wants_benchmark:
-            equivariance = evaluate_equivariance(trained, data_args, evaluation_args, training_args.seed, output_dir)
+            reference = starting_point(model_args, training_args) if evaluation_args.equivariance_reference else None
+            equivariance = evaluate_equivariance(
+                trained, data_args, evaluation_args, training_args.seed, output_dir, reference
+            )
             metrics.update({f"equivariance_r2_{name}": value for name, value in equivariance["r2"].items()})
             metrics["equivariance_r2_mean"] = equivariance["mean_r2"]
         else:  # the card shows only this run's results

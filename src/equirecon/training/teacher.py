@@ -4,7 +4,8 @@
 The schedules are functions of the step (`EquiReconForPreTraining.set_training_progress`, `update_teacher`,
 `cancel_last_layer_gradients`), and the teacher's weights and centres are part of the model's state dict, so a run
 resumed from a checkpoint continues exactly where it stopped. Trainer calls these events once per optimizer step,
-not per micro-batch of gradient accumulation, which is what the EMA update needs.
+not per micro-batch of gradient accumulation, which is what the EMA update and the centres need: the centres collect
+every micro-batch's teacher scores and move once, in `update_teacher`, as if the step's batch had been one.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ class TeacherCallback(TrainerCallback):
                 "student shard."
             )
         model.ensure_teacher_initialized()
-        if args.gradient_accumulation_steps > 1:
+        if args.gradient_accumulation_steps > 1 and getattr(model.config, "dino_centering", None) == "sinkhorn_knopp":
             logger.warning(
-                "gradient_accumulation_steps=%d: the teacher's EMA runs once per optimizer step, but its centre (and "
-                "Sinkhorn-Knopp) moves once per micro-batch, from that micro-batch alone (the reference "
-                "implementations use the whole step's batch). Prefer a larger per-device batch where memory allows.",
+                "gradient_accumulation_steps=%d with Sinkhorn-Knopp centring: each micro-batch's teacher scores are "
+                "balanced over that micro-batch alone (on all processes), not over the step's whole batch as in "
+                "DINOv2. Prefer a larger per-device batch where memory allows.",
                 args.gradient_accumulation_steps,
             )
 
