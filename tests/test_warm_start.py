@@ -275,3 +275,33 @@ def test_masking_objective_keeps_the_checkpoints_weights_and_adds_a_mask_token(c
     )
     if kind == "dinov2":
         assert torch.equal(backbone.embeddings.mask_token, source["embeddings.mask_token"])
+
+
+def _drop_path_rates(model) -> set[float]:
+    return {getattr(layer.drop_path, "drop_prob", 0.0) for layer in model.equirecon.backbone.encoder.layer}
+
+
+def test_stochastic_depth_is_a_training_setting_a_warm_start_keeps(checkpoints):
+    model = EquiReconForPreTraining.from_pretrained_backbone(checkpoints["dinov2"], drop_path_rate=0.2, **HEADS)
+    assert model.config.backbone_config.drop_path_rate == 0.2
+    assert _drop_path_rates(model) == {0.2}
+    with pytest.raises(ValueError, match="a vit encoder has no stochastic depth"):
+        EquiReconForPreTraining.from_pretrained_backbone(checkpoints["vit"], drop_path_rate=0.2, **HEADS)
+
+
+def test_a_presets_drop_path_rate_reaches_a_warm_started_encoder(checkpoints, tmp_path, monkeypatch, caplog):
+    """The preset's encoder sizes must match the checkpoint's; its stochastic depth is kept where the encoder has one,
+    and an explicit override wins."""
+    from equirecon.modeling.configuration_equirecon import PRESETS
+
+    monkeypatch.setitem(PRESETS, "tiny-drop-path", {**HEADS, "backbone_config": {**SIZES, "drop_path_rate": 0.3}})
+    training_args = EquiReconTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    model = build_model(ModelArguments(init_from=checkpoints["dinov2"], preset="tiny-drop-path"), training_args)
+    assert _drop_path_rates(model) == {0.3}
+    overridden = ModelArguments(
+        init_from=checkpoints["dinov2"], preset="tiny-drop-path", config_overrides="drop_path_rate=0.1"
+    )
+    assert _drop_path_rates(build_model(overridden, training_args)) == {0.1}
+    with caplog.at_level("WARNING"):
+        model = build_model(ModelArguments(init_from=checkpoints["vit"], preset="tiny-drop-path"), training_args)
+    assert "a vit encoder has no stochastic depth: training without it" in caplog.text

@@ -294,6 +294,7 @@ class EquiReconPreTrainedModel(PreTrainedModel):
         config: EquiReconConfig | None = None,
         image_size: int | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
+        drop_path_rate: float | None = None,
         **config_kwargs: Any,
     ) -> EquiReconPreTrainedModel:
         """Build a model whose encoder starts from a pretrained transformers checkpoint (a DINOv2, ViT, DeiT or ViTMAE
@@ -302,7 +303,8 @@ class EquiReconPreTrainedModel(PreTrainedModel):
         The encoder's architecture (sizes, patch size, image size) is the checkpoint's; `config` or `config_kwargs`
         set the EquiRecon fields (`d_patch`, `d_equi`, ...), and a backbone in `config` is replaced. `image_size`
         pretrains at another size, with the position embeddings resized. Loading is strict: every encoder weight
-        comes from the checkpoint (see `load_pretrained_encoder`, `load_backbone_weights`).
+        comes from the checkpoint (see `load_pretrained_encoder`, `load_backbone_weights`). `drop_path_rate` sets the
+        encoder's stochastic depth for training (a DINOv2 encoder has it; ViT, DeiT and ViTMAE encoders do not).
 
         Example:
 
@@ -315,6 +317,13 @@ class EquiReconPreTrainedModel(PreTrainedModel):
         )
         if image_size is not None:
             backbone_config.image_size = image_size
+        if drop_path_rate is not None:
+            if not hasattr(backbone_config, "drop_path_rate"):
+                raise ValueError(
+                    f"drop_path_rate={drop_path_rate}: a {backbone_config.model_type} encoder has no stochastic depth; "
+                    "leave it out, or start from a DINOv2 checkpoint."
+                )
+            backbone_config.drop_path_rate = drop_path_rate
         fields = config.to_dict() if config is not None else {}
         objective = {**fields, **config_kwargs}.get("ssl_objective", EquiReconConfig().ssl_objective)
         if objective in MASKED_OBJECTIVES and hasattr(backbone_config, "use_mask_token"):

@@ -87,6 +87,8 @@ def warm_start(model_args: ModelArguments, overrides: dict[str, Any]) -> EquiRec
     except (OSError, ValueError) as error:
         raise ArgumentError(f"--init_from {source}: {error}") from error
     own_fields = inspect.signature(EquiReconConfig.__init__).parameters
+    # Stochastic depth is a training setting, not architecture: a preset's or the overrides' value is kept.
+    drop_path_rate = overrides.pop("drop_path_rate", None)
     encoder_overrides = [
         key for key in overrides if key == "backbone_config" or (key not in own_fields and hasattr(checkpoint, key))
     ]
@@ -113,10 +115,25 @@ def warm_start(model_args: ModelArguments, overrides: dict[str, Any]) -> EquiRec
                 + (", the size with --image_size." if "image_size" in differ else ".")
             )
         fields.update(preset)
+        preset_drop_path = preset_encoder.get("drop_path_rate")
+        if drop_path_rate is None and preset_drop_path is not None:
+            if hasattr(checkpoint, "drop_path_rate"):
+                drop_path_rate = preset_drop_path
+            else:
+                logger.warning(
+                    "--preset %s sets drop_path_rate=%s, but a %s encoder has no stochastic depth: training without it.",
+                    model_args.preset,
+                    preset_drop_path,
+                    checkpoint.model_type,
+                )
     fields.update(overrides)
     try:
         return EquiReconForPreTraining.from_pretrained_backbone(
-            source, image_size=model_args.image_size, backbone_kwargs={"trust_remote_code": False}, **fields
+            source,
+            image_size=model_args.image_size,
+            backbone_kwargs={"trust_remote_code": False},
+            drop_path_rate=drop_path_rate,
+            **fields,
         )
     except (OSError, ValueError, TypeError) as error:
         raise ArgumentError(f"--init_from {source}: {error}") from error
