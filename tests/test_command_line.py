@@ -40,6 +40,7 @@ def _photo_folder(path: Path, count: int = 4) -> Path:
         (["finetune", "classification", "--model", "{tmp}/missing"], "--model {tmp}/missing: no such directory"),
         (["finetune", "classification", "--model", "no/such/dir"], "--model no/such/dir: no such directory"),
         (["evaluate", "knn", "--model", "{tmp}/missing"], "--model {tmp}/missing: no such directory"),
+        (["pretrain", "--config_overrides", "d_pach=64"], "--config_overrides sets d_pach, which is neither"),
         (["model-card"], "name the model directory"),
         (["model-card", "{tmp}"], "has no EquiRecon config.json"),
     ],

@@ -228,7 +228,10 @@ def test_a_separate_patch_head_and_sinkhorn_knopp_train():
     out = model(**batch(masked=True))
     out.loss.backward()
     assert model.ssl_objective.heads.patch.mlp[0].weight.grad is not None
-    assert torch.count_nonzero(model.ssl_objective.cls_centering.center) == 0  # no EMA centre with Sinkhorn-Knopp
+    model.update_teacher(0, 10)
+    for centering in (model.ssl_objective.cls_centering, model.ssl_objective.patch_centering):
+        assert torch.count_nonzero(centering.center) == 0  # no EMA centre with Sinkhorn-Knopp
+        assert centering._pending is None
 
 
 # ---------------------------------------------------------------------------------------------- inputs

@@ -135,3 +135,13 @@ def test_unknown_command_and_help(capsys):
     assert "unknown command 'train'" in capsys.readouterr().err
     assert cli_main(["--help"]) == 0
     assert "pretrain" in capsys.readouterr().out
+
+
+def test_the_reference_row_is_the_model_before_its_first_step(tmp_path):
+    """With a learning rate of 0 training changes nothing, so the rebuilt start must score exactly as the model."""
+    output_dir = tmp_path / "still"
+    arguments = ["--learning_rate", "0", "--equivariance_features", "mean_patch", "--output_dir", str(output_dir)]
+    assert cli_main(["pretrain", *arguments, *FAST_PRETRAIN]) == 0
+    equivariance = json.loads((output_dir / "equivariance_results.json").read_text())
+    reference = equivariance["reference"]["read_outs"]["mean_patch"]["r2"]
+    assert reference == pytest.approx(equivariance["read_outs"]["mean_patch"]["r2"], abs=1e-6)

@@ -19,11 +19,11 @@ from transformers import (
     ViTMAEConfig,
     ViTMAEModel,
     ViTModel,
-    set_seed,
 )
 
 from equirecon import EquiReconForPreTraining, EquiReconModel
 from equirecon.cli import main as cli_main
+from equirecon.command_line import ArgumentError
 from equirecon.modeling.modeling_equirecon import load_backbone_weights
 from equirecon.training.arguments import EquiReconTrainingArguments, ModelArguments
 from equirecon.training.pretrain import build_model, starting_point
@@ -186,17 +186,15 @@ def test_pretrain_command_starts_from_the_checkpoint(checkpoints, tmp_path):
     assert f"| start ({checkpoints['vit']}), mean_patch | {rotation:.3f} |" in card
 
 
-def test_the_starting_point_is_the_model_before_its_first_step(checkpoints, tmp_path):
+def test_the_starting_point_is_the_warm_start_checkpoint(checkpoints, tmp_path):
     training_args = EquiReconTrainingArguments(output_dir=str(tmp_path), seed=3, use_cpu=True)
     warm = starting_point(ModelArguments(init_from=checkpoints["vit"]), training_args)
+    assert warm.label == f"start ({checkpoints['vit']})"
     start = ViTModel.from_pretrained(checkpoints["vit"]).state_dict()
-    assert all(torch.equal(value, start[name]) for name, value in warm.model.equirecon.backbone.state_dict().items())
-    fresh = [starting_point(ModelArguments(preset="tiny"), training_args) for _ in range(2)]
-    set_seed(3)
-    trained_from = build_model(ModelArguments(preset="tiny"), training_args).state_dict()
-    assert fresh[0].label == "random initialisation"
-    for candidate in fresh:
-        assert all(torch.equal(value, trained_from[name]) for name, value in candidate.model.state_dict().items())
+    assert all(torch.equal(value, start[name]) for name, value in warm.encoder.backbone.state_dict().items())
+    # A start that cannot be rebuilt, or that the run has overwritten, gives no reference row, not a wrong one.
+    assert starting_point(ModelArguments(init_from=str(tmp_path / "gone")), training_args) is None
+    assert starting_point(ModelArguments(model_name_or_path=str(tmp_path)), training_args) is None
 
 
 def test_pretrain_command_with_a_preset_and_another_image_size(checkpoints, tmp_path):
@@ -305,3 +303,13 @@ def test_a_presets_drop_path_rate_reaches_a_warm_started_encoder(checkpoints, tm
     with caplog.at_level("WARNING"):
         model = build_model(ModelArguments(init_from=checkpoints["vit"], preset="tiny-drop-path"), training_args)
     assert "a vit encoder has no stochastic depth: training without it" in caplog.text
+
+
+def test_overrides_reach_the_encoder_of_a_new_model_or_are_refused(tmp_path):
+    training_args = EquiReconTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    overrides = "drop_path_rate=0.2,num_hidden_layers=2,d_patch=64,d_equi=32"
+    model = build_model(ModelArguments(preset="tiny", config_overrides=overrides), training_args)
+    assert _drop_path_rates(model) == {0.2} and len(model.equirecon.backbone.encoder.layer) == 2
+    assert (model.config.d_patch, model.config.d_equi) == (64, 32)
+    with pytest.raises(ArgumentError, match="sets d_pach, which is neither an EquiReconConfig field nor a field of"):
+        build_model(ModelArguments(preset="tiny", config_overrides="d_pach=64"), training_args)

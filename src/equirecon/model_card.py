@@ -151,7 +151,9 @@ def _r2_row(label: str, result: dict[str, Any], families: list[str], key: str = 
     return f"| {label} | " + " | ".join(cells) + (f" | {mean:.3f} |" if mean is not None else " | – |")
 
 
-_REFERENCES = {"random initialisation": "random initialisation: the same config and seed, untrained"}
+_REFERENCES = {
+    "random initialisation": "random initialisation: the same config and seed, untrained",
+}
 
 
 def _evaluation_summary(equivariance: dict[str, Any] | None) -> str:
@@ -164,6 +166,8 @@ def _evaluation_summary(equivariance: dict[str, Any] | None) -> str:
     settings = equivariance.get("settings", {})
     read_outs = equivariance.get("read_outs") or {equivariance["feature"]: equivariance}
     reference = equivariance.get("reference") or {}
+    if "random_init" in equivariance:  # written before the reference could be a warm start's checkpoint
+        reference = {"label": "random initialisation", "read_outs": equivariance["random_init"]}
     reference_label, reference = reference.get("label", ""), reference.get("read_outs", {})
     header = "| model, features | " + " | ".join(f"R² {f}" for f in families) + " | mean |"
     rows = [header, "|---" * (len(families) + 2) + "|"]
@@ -176,13 +180,17 @@ def _evaluation_summary(equivariance: dict[str, Any] | None) -> str:
             rows.append(_r2_row(f"θ-shuffled control (chance), {feature}", result, families, key="shuffled_r2"))
     setting_text = ", ".join(f"{k}={v}" for k, v in settings.items() if not isinstance(v, (dict, list)))
     table = "\n".join(rows)
+    controls = (
+        f"The model this run started from ({_REFERENCES.get(reference_label, reference_label)}) and the regressor "
+        "fitted on shuffled θ are the controls: a trained row says something only where it clears both."
+        if reference
+        else "The regressor fitted on shuffled θ is the control: a row says something only where it clears it."
+    )
     return (
         "The paper's synthetic equivariance benchmark: g with a random θ is applied to images, the frozen encoder "
         "embeds I and g_θ(I), and an MLP regresses θ from the pair; R² on images the regressor was not fitted on "
         f"({settings.get('protocol', 'held-out photos')}; {equivariance.get('r2_convention', 'global')} R², as SIE). Read-outs: `mean_patch` is the backbone's mean "
-        "patch token, `equivariant` the mean of the head's equivariant part. The model this run started from "
-        f"({_REFERENCES.get(reference_label, reference_label or 'not scored')}) and the regressor fitted on shuffled θ "
-        "are the controls: a trained row says something only where it clears both."
+        f"patch token, `equivariant` the mean of the head's equivariant part. {controls}"
         f"\n\n{table}\n\nSettings: {setting_text or 'defaults'}."
     )
 

@@ -112,7 +112,7 @@ def evaluate_equivariance(
         "read_outs": {feature: result.to_dict() for feature, result in read_outs.items()},
     }
     if reference is not None:
-        encoder = reference.model.equirecon.to(model.device).eval()
+        encoder = reference.encoder.to(model.device).eval()
         results["reference"] = {
             "label": reference.label,
             "read_outs": {feature: result.to_dict() for feature, result in score(encoder).items()},

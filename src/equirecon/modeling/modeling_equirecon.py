@@ -317,7 +317,7 @@ class EquiReconPreTrainedModel(PreTrainedModel):
         )
         if image_size is not None:
             backbone_config.image_size = image_size
-        if drop_path_rate is not None:
+        if drop_path_rate:
             if not hasattr(backbone_config, "drop_path_rate"):
                 raise ValueError(
                     f"drop_path_rate={drop_path_rate}: a {backbone_config.model_type} encoder has no stochastic depth; "
@@ -482,8 +482,9 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
     DINO, iBOT and DINOv2 hosts keep an EMA teacher (`EquiReconTeacher`, attribute `teacher`) that sees both views
     unmasked and gets no reconstruction loss. `EquiReconTrainer` drives it: `set_training_progress` at the start of
     each optimizer step (teacher-temperature schedule), `update_teacher` after it (EMA with a cosine momentum
-    schedule), both functions of `global_step`, so a resumed run continues them exactly; the teacher's weights and
-    centres are saved in every checkpoint. `save_pretrained` writes the teacher next to the student under
+    schedule, and the centres, from every micro-batch of the step), both functions of `global_step`, so a resumed run
+    continues them exactly; the teacher's weights and centres are saved in every checkpoint. A training loop of
+    one's own calls `update_teacher` once per optimizer step, or the teacher and its centres never move. `save_pretrained` writes the teacher next to the student under
     `teacher.*`, which the encoder and the downstream heads skip when they load; `export_teacher` returns it as an
     `EquiReconModel` of its own (DINO evaluates the teacher)."""
 

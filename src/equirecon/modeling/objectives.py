@@ -276,6 +276,10 @@ class TeacherCentering(nn.Module):
         total = _all_reduce_sum(total.float())
         self._pending = total if self._pending is None else self._pending + total
 
+    def discard(self) -> None:
+        """Forget the scores accumulated since the last step."""
+        self._pending = None
+
     @torch.no_grad()
     def step(self) -> None:
         """Move the centre towards the mean of the scores accumulated since the last step, and clear them."""
@@ -442,6 +446,12 @@ class DINOObjective(SSLObjective):
         for centering in (self.cls_centering, self.patch_centering):
             if centering is not None:
                 centering.step()
+
+    def discard_pending_centres(self) -> None:
+        """Forget scores collected since the last optimizer step (forwards outside a training step)."""
+        for centering in (self.cls_centering, self.patch_centering):
+            if centering is not None:
+                centering.discard()
 
     def teacher_temperature(self) -> float:
         warmup = resolve_steps(self.warmup_teacher_temperature_steps, self.total_steps)

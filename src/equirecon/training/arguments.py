@@ -229,8 +229,8 @@ class EvaluationArguments:
     equivariance_reference: bool = field(
         default=True,
         metadata={
-            "help": "Also score the model the run started from (its random initialisation, or the --init_from "
-            "checkpoint): the reference row."
+            "help": "Also score the model the run started from (its random initialisation, the --init_from encoder "
+            "or the --model_name_or_path checkpoint): the reference row."
         },
     )
     equivariance_num_crops: int = field(

@@ -57,20 +57,48 @@ def build_model(model_args: ModelArguments, training_args: EquiReconTrainingArgu
     for name in ("num_intermediates", "reconstruction_weight", "ssl_weight"):  # the config owns them
         if getattr(training_args, name) is not None:
             overrides[name] = getattr(training_args, name)
-    if model_args.model_name_or_path:
-        return EquiReconForPreTraining.from_pretrained(
-            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code, **overrides
-        )
     if model_args.init_from:
         return warm_start(model_args, overrides)
+    if model_args.image_size is not None:
+        overrides["image_size"] = model_args.image_size
     try:
-        config = EquiReconConfig.from_preset(model_args.preset or "tiny", **overrides)
-        if model_args.image_size is not None:
-            config.backbone_config.image_size = model_args.image_size
-            config = EquiReconConfig(**config.to_dict())  # validate the new size
+        if model_args.model_name_or_path:
+            config = EquiReconConfig.from_pretrained(model_args.model_name_or_path)
+            config = with_overrides(config, overrides)
+            return EquiReconForPreTraining.from_pretrained(
+                model_args.model_name_or_path, config=config, trust_remote_code=model_args.trust_remote_code
+            )
+        config = with_overrides(EquiReconConfig.from_preset(model_args.preset or "tiny"), overrides)
     except (ValueError, TypeError) as error:
         raise ArgumentError(str(error)) from error
     return EquiReconForPreTraining(config)
+
+
+#: The fields `EquiReconConfig` itself defines; every other override must name a field of the encoder's config.
+OWN_FIELDS = frozenset(inspect.signature(EquiReconConfig.__init__).parameters) - {"self", "kwargs", "backbone_config"}
+
+
+def with_overrides(config: EquiReconConfig, overrides: dict[str, Any]) -> EquiReconConfig:
+    """`config` with `--config_overrides` applied and validated again: EquiRecon fields (`d_patch`, `ssl_objective`,
+    ...) on the config, encoder fields (`drop_path_rate`, `num_hidden_layers`, ...) on its backbone config. A key that
+    is neither is refused, as transformers' `PretrainedConfig.update_from_string` refuses one, rather than stored
+    where nothing reads it."""
+    fields = config.to_dict()
+    encoder = fields["backbone_config"]
+    unknown = [key for key in overrides if key not in OWN_FIELDS and key not in encoder and key != "backbone_config"]
+    if unknown:
+        raise ArgumentError(
+            f"--config_overrides sets {', '.join(unknown)}, which is neither an EquiReconConfig field nor a field of "
+            f"the {encoder.get('model_type', 'encoder')} encoder's config: check the spelling (EquiReconConfig fields: "
+            f"{', '.join(sorted(OWN_FIELDS))})."
+        )
+    for key, value in overrides.items():
+        (fields if key in OWN_FIELDS or key == "backbone_config" else encoder)[key] = value
+    if "num_hidden_layers" in overrides:  # the stages follow the depth, unless set too
+        for key in ("stage_names", "out_features", "out_indices"):
+            if key not in overrides:
+                encoder.pop(key, None)
+    return EquiReconConfig(**fields)
 
 
 #: Encoder sizes a preset fixes; with `--init_from` they are the checkpoint's, and a preset must agree.
@@ -86,12 +114,17 @@ def warm_start(model_args: ModelArguments, overrides: dict[str, Any]) -> EquiRec
         checkpoint = pretrained_encoder_config(source, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise ArgumentError(f"--init_from {source}: {error}") from error
-    own_fields = inspect.signature(EquiReconConfig.__init__).parameters
     # Stochastic depth is a training setting, not architecture: a preset's or the overrides' value is kept.
     drop_path_rate = overrides.pop("drop_path_rate", None)
-    encoder_overrides = [
-        key for key in overrides if key == "backbone_config" or (key not in own_fields and hasattr(checkpoint, key))
+    unknown = [
+        key for key in overrides if key not in {*OWN_FIELDS, "backbone_config"} and not hasattr(checkpoint, key)
     ]
+    if unknown:
+        raise ArgumentError(
+            f"--config_overrides sets {', '.join(unknown)}, which is not an EquiReconConfig field: check the spelling "
+            f"(EquiReconConfig fields: {', '.join(sorted(OWN_FIELDS))})."
+        )
+    encoder_overrides = [key for key in overrides if key not in OWN_FIELDS]
     if encoder_overrides:
         raise ArgumentError(
             f"--config_overrides sets {', '.join(encoder_overrides)}, but with --init_from {source} the encoder's "
@@ -116,7 +149,7 @@ def warm_start(model_args: ModelArguments, overrides: dict[str, Any]) -> EquiRec
             )
         fields.update(preset)
         preset_drop_path = preset_encoder.get("drop_path_rate")
-        if drop_path_rate is None and preset_drop_path is not None:
+        if drop_path_rate is None and preset_drop_path:
             if hasattr(checkpoint, "drop_path_rate"):
                 drop_path_rate = preset_drop_path
             else:
@@ -315,25 +348,40 @@ def save_reconstruction_figure(
     return path
 
 
-#: `evaluate_equivariance(model, data_args, evaluation_args, seed, output_dir) -> results`, as
-#: `equirecon.commands.pretrain.evaluate_equivariance`.
 class StartingPoint(NamedTuple):
-    """The model a run started from, rebuilt after training as the benchmark's reference row."""
+    """The encoder a run started from, rebuilt after training as the benchmark's reference row."""
 
     label: str
-    model: EquiReconForPreTraining
+    encoder: torch.nn.Module
 
 
-def starting_point(model_args: ModelArguments, training_args: EquiReconTrainingArguments) -> StartingPoint:
-    """The model `run` trained, as it was before its first step: built again the same way, from the same seed, so a
-    new model gets the same random weights and a warm start the same checkpoint. What a run added is measured against
-    this, not against a random encoder when it started from trained weights."""
-    set_seed(training_args.seed)
+def starting_point(model_args: ModelArguments, training_args: EquiReconTrainingArguments) -> StartingPoint | None:
+    """The encoder `run` trained, as it was before its first step: built again the same way, from the same seed, so a
+    new model gets the same random weights and a warm start the same checkpoint (with the run's freshly initialised
+    head). What a run added is measured against this, not against a random encoder when it started from trained
+    weights. None, with a warning, when the start cannot be rebuilt: its checkpoint is gone, or lies in the output
+    directory, which now holds the trained model."""
     source = model_args.init_from or model_args.model_name_or_path
-    label = f"start ({source})" if source else "random initialisation"
-    return StartingPoint(label, build_model(model_args, training_args))
+    output_dir = Path(training_args.output_dir).resolve()
+    if source and Path(source).exists() and Path(source).resolve().is_relative_to(output_dir):
+        logger.warning("No reference row: the run started from %s, inside its output directory.", source)
+        return None
+    set_seed(training_args.seed)
+    quiet = logging.getLogger("equirecon")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the build's messages were logged before training
+    try:
+        model = build_model(model_args, training_args)
+    except (OSError, ValueError, ArgumentError) as error:
+        logger.warning("No reference row: the model the run started from cannot be rebuilt (%s).", error)
+        return None
+    finally:
+        quiet.setLevel(level)
+    return StartingPoint(f"start ({source})" if source else "random initialisation", model.equirecon)
 
 
+#: `evaluate_equivariance(model, data_args, evaluation_args, seed, output_dir, reference) -> results`, as
+#: `equirecon.commands.pretrain.evaluate_equivariance`.
 EquivarianceEvaluator = Callable[
     [EquiReconForPreTraining, DataArguments, EvaluationArguments, int, Path, StartingPoint | None], dict[str, Any]
 ]

@@ -38,6 +38,7 @@ class TeacherCallback(TrainerCallback):
                 "student shard."
             )
         model.ensure_teacher_initialized()
+        model.ssl_objective.discard_pending_centres()  # scores of forwards run before training never moved them
         if args.gradient_accumulation_steps > 1 and getattr(model.config, "dino_centering", None) == "sinkhorn_knopp":
             logger.warning(
                 "gradient_accumulation_steps=%d with Sinkhorn-Knopp centring: each micro-batch's teacher scores are "
