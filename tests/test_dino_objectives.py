@@ -410,16 +410,18 @@ def test_the_last_layers_are_frozen_at_the_start(tmp_path):
     assert last.weight.grad is not None
 
 
-def test_resuming_mid_schedule_gives_the_same_teacher_and_losses(tmp_path):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_resuming_mid_schedule_gives_the_same_teacher_and_losses(tmp_path, accumulation):
     overrides = {"teacher_momentum": 0.9, "dino_warmup_teacher_temperature_steps": 4}
-    uninterrupted = dino_trainer(tmp_path / "a", "ibot", overrides, max_steps=6)
+    arguments = {"max_steps": 6, "gradient_accumulation_steps": accumulation}
+    uninterrupted = dino_trainer(tmp_path / "a", "ibot", overrides, **arguments)
     uninterrupted.train()
 
-    interrupted = dino_trainer(tmp_path / "b", "ibot", overrides, max_steps=6, save_steps=3)
+    interrupted = dino_trainer(tmp_path / "b", "ibot", overrides, save_steps=3, **arguments)
     interrupted.add_callback(StopAt(3))
     interrupted.train()
     assert interrupted.state.global_step == 3
-    resumed = dino_trainer(tmp_path / "b", "ibot", overrides, max_steps=6, save_steps=3)
+    resumed = dino_trainer(tmp_path / "b", "ibot", overrides, save_steps=3, **arguments)
     resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3"))
 
     expected = {entry["step"]: entry for entry in uninterrupted.state.log_history if "loss" in entry}
