@@ -484,9 +484,10 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
     each optimizer step (teacher-temperature schedule), `update_teacher` after it (EMA with a cosine momentum
     schedule, and the centres, from every micro-batch of the step), both functions of `global_step`, so a resumed run
     continues them exactly; the teacher's weights and centres are saved in every checkpoint. A training loop of
-    one's own calls `update_teacher` once per optimizer step, or the teacher and its centres never move. `save_pretrained` writes the teacher next to the student under
-    `teacher.*`, which the encoder and the downstream heads skip when they load; `export_teacher` returns it as an
-    `EquiReconModel` of its own (DINO evaluates the teacher)."""
+    one's own calls `update_teacher` once per optimizer step, or the teacher and its centres never move.
+    `save_pretrained` writes the teacher next to the student under `teacher.*`, which the encoder and the downstream
+    heads skip when they load; `export_teacher` returns it as an `EquiReconModel` of its own (DINO evaluates the
+    teacher)."""
 
     def __init__(self, config: EquiReconConfig):
         super().__init__(config)

@@ -440,18 +440,20 @@ class DINOObjective(SSLObjective):
         """The optimizer step about to run (0-based) and the run's length, for the temperature schedule."""
         self.step, self.total_steps = step, total_steps
 
+    @property
+    def centerings(self) -> list[TeacherCentering]:
+        return [centering for centering in (self.cls_centering, self.patch_centering) if centering is not None]
+
     def step_centres(self) -> None:
         """Apply the centre updates accumulated over this optimizer step's micro-batches (called with the EMA update
         of the teacher, once per optimizer step)."""
-        for centering in (self.cls_centering, self.patch_centering):
-            if centering is not None:
-                centering.step()
+        for centering in self.centerings:
+            centering.step()
 
     def discard_pending_centres(self) -> None:
         """Forget scores collected since the last optimizer step (forwards outside a training step)."""
-        for centering in (self.cls_centering, self.patch_centering):
-            if centering is not None:
-                centering.discard()
+        for centering in self.centerings:
+            centering.discard()
 
     def teacher_temperature(self) -> float:
         warmup = resolve_steps(self.warmup_teacher_temperature_steps, self.total_steps)

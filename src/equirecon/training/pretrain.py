@@ -85,13 +85,7 @@ def with_overrides(config: EquiReconConfig, overrides: dict[str, Any]) -> EquiRe
     where nothing reads it."""
     fields = config.to_dict()
     encoder = fields["backbone_config"]
-    unknown = [key for key in overrides if key not in OWN_FIELDS and key not in encoder and key != "backbone_config"]
-    if unknown:
-        raise ArgumentError(
-            f"--config_overrides sets {', '.join(unknown)}, which is neither an EquiReconConfig field nor a field of "
-            f"the {encoder.get('model_type', 'encoder')} encoder's config: check the spelling (EquiReconConfig fields: "
-            f"{', '.join(sorted(OWN_FIELDS))})."
-        )
+    refuse_unknown_overrides(overrides, encoder, encoder.get("model_type", "encoder"))
     for key, value in overrides.items():
         (fields if key in OWN_FIELDS or key == "backbone_config" else encoder)[key] = value
     if "num_hidden_layers" in overrides:  # the stages follow the depth, unless set too
@@ -99,6 +93,18 @@ def with_overrides(config: EquiReconConfig, overrides: dict[str, Any]) -> EquiRe
             if key not in overrides:
                 encoder.pop(key, None)
     return EquiReconConfig(**fields)
+
+
+def refuse_unknown_overrides(overrides: dict[str, Any], encoder_fields: dict[str, Any], encoder_type: str) -> None:
+    """Refuse the override keys that are neither EquiReconConfig fields nor encoder config fields, as transformers'
+    `PretrainedConfig.update_from_string` refuses them."""
+    unknown = [key for key in overrides if key not in {*OWN_FIELDS, "backbone_config", *encoder_fields}]
+    if unknown:
+        raise ArgumentError(
+            f"--config_overrides sets {', '.join(unknown)}, which is neither an EquiReconConfig field nor a field of "
+            f"the {encoder_type} encoder's config: check the spelling (EquiReconConfig fields: "
+            f"{', '.join(sorted(OWN_FIELDS))})."
+        )
 
 
 #: Encoder sizes a preset fixes; with `--init_from` they are the checkpoint's, and a preset must agree.
@@ -116,14 +122,7 @@ def warm_start(model_args: ModelArguments, overrides: dict[str, Any]) -> EquiRec
         raise ArgumentError(f"--init_from {source}: {error}") from error
     # Stochastic depth is a training setting, not architecture: a preset's or the overrides' value is kept.
     drop_path_rate = overrides.pop("drop_path_rate", None)
-    unknown = [
-        key for key in overrides if key not in {*OWN_FIELDS, "backbone_config"} and not hasattr(checkpoint, key)
-    ]
-    if unknown:
-        raise ArgumentError(
-            f"--config_overrides sets {', '.join(unknown)}, which is not an EquiReconConfig field: check the spelling "
-            f"(EquiReconConfig fields: {', '.join(sorted(OWN_FIELDS))})."
-        )
+    refuse_unknown_overrides(overrides, checkpoint.to_dict(), checkpoint.model_type)
     encoder_overrides = [key for key in overrides if key not in OWN_FIELDS]
     if encoder_overrides:
         raise ArgumentError(
