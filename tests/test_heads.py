@@ -315,3 +315,44 @@ def test_every_parameter_of_a_head_model_gets_a_gradient(build):
     missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
     assert not any(name.startswith("equirecon.projection") for name, _ in model.named_parameters())
+
+
+def _batch_norms(model):
+    return {
+        name: m for name, m in model.named_modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))
+    }
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda: _classifier(), lambda: _segmenter("linear"), lambda: _segmenter("upernet", use_auxiliary_head=True)],
+    ids=["classification", "segmentation-linear", "segmentation-upernet"],
+)
+def test_a_training_batch_of_one_example_trains(build):
+    """The last batch of an epoch can hold one example; a BatchNorm that would see one value per channel (PyTorch
+    raises) uses its running statistics and leaves them as they were, the others train as usual."""
+    model = build().train()
+    before = {name: (m.running_mean.clone(), m.running_var.clone()) for name, m in _batch_norms(model).items()}
+    is_classifier = isinstance(model, EquiReconForImageClassification)
+    labels = torch.tensor([2]) if is_classifier else torch.randint(0, 3, (1, 32, 32))
+    output = model(pixel_values=_pixels(batch_size=1), labels=labels)
+    output.loss.backward()
+
+    assert torch.isfinite(output.loss)
+    assert all(m.training for m in model.modules())
+    assert model.classifier.weight.grad is not None if is_classifier else True
+    moved = {name for name, m in _batch_norms(model).items() if not torch.equal(m.running_mean, before[name][0])}
+    if is_classifier:
+        assert moved == set()
+    elif model.config.segmentation_head == "linear":
+        assert moved == {"head.norm"}  # 4×4 values per channel: batch statistics
+    else:  # only UPerNet's globally pooled branch sees one value per channel
+        frozen = set(_batch_norms(model)) - moved
+        assert frozen == {"head.decode_head.psp_modules.0.1.batch_norm"}
+
+
+def test_a_batch_of_one_example_is_normalised_with_the_running_statistics():
+    model = _classifier().train()
+    pixels = _pixels(batch_size=1)
+    trained = model(pixel_values=pixels).logits
+    assert torch.allclose(trained, model.eval()(pixel_values=pixels).logits, atol=1e-6)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -774,10 +776,48 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
         )
 
 
+@contextmanager
+def running_statistics_for_single_values(model: nn.Module, exclude: nn.Module, batch_size: int) -> Iterator[None]:
+    """Inside, a BatchNorm layer of `model` (outside `exclude`) that gets one value per channel in training normalises
+    it with its running statistics and leaves them unchanged, where PyTorch would raise. This happens only with a
+    batch of one example (the classifier's features, UPerNet's globally pooled map), which the last batch of an epoch
+    can be (33 images at batch size 32); norms that see more than one value per channel train as usual."""
+    if not (model.training and batch_size == 1):
+        yield
+        return
+    switched: list[nn.Module] = []
+
+    def use_running_statistics(norm: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if norm.training and args[0].numel() == args[0].shape[1]:
+            norm.train(False)
+            switched.append(norm)
+
+    def restore(norm: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if switched and switched[-1] is norm:
+            switched.pop().train(True)
+
+    excluded = set(exclude.modules())
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m not in excluded]
+    handles = [
+        hook
+        for norm in norms
+        for hook in (norm.register_forward_pre_hook(use_running_statistics), norm.register_forward_hook(restore))
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for norm in switched:
+            norm.train(True)
+
+
 class EquiReconDownstreamModel(EquiReconPreTrainedModel):
     """Shared behaviour of the fine-tuning heads: they load the encoder of any EquiRecon checkpoint (pretraining
     decoders, SSL heads and the invariant/equivariant projection are dropped silently: a head reads the encoder's
-    tokens), can freeze it for probing, and share one `forward` (encode, then the subclass's `_predict`)."""
+    tokens), can freeze it for probing, and share one `forward` (encode, then the subclass's `_predict`). A training
+    batch of one example goes through the heads' BatchNorm layers that would see one value per channel on their
+    running statistics."""
 
     _keys_to_ignore_on_load_unexpected = [
         *EquiReconPreTrainedModel._keys_to_ignore_on_load_unexpected,
@@ -842,7 +882,8 @@ class EquiReconDownstreamModel(EquiReconPreTrainedModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
             return_dict=True,
         )
-        loss, logits = self._predict(outputs, pixel_values, labels)
+        with running_statistics_for_single_values(self, exclude=self.equirecon, batch_size=pixel_values.shape[0]):
+            loss, logits = self._predict(outputs, pixel_values, labels)
         output = self._output_class(
             loss=loss,
             logits=logits,
