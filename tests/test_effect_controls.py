@@ -13,7 +13,8 @@ from transformers import set_seed
 from equirecon import EquiReconForPreTraining
 from equirecon.evaluation import RegressorConfig, score_feature_pairs
 from equirecon.imaging.transformations import TransformationConfig, make_transformed_pair
-from equirecon.training.trainer import COPY_BASELINES, box_blur
+from equirecon.training.data import collate_transform_pairs
+from equirecon.training.trainer import COPY_BASELINES, UNPAIRED_CONTROL, box_blur
 
 
 def _encoder_gradient_norms(model: EquiReconForPreTraining) -> tuple[float, float]:
@@ -63,7 +64,7 @@ def test_loaded_decoders_keep_their_trained_weights(tmp_path):
 def test_evaluation_logs_the_copy_baselines(tmp_path):
     trainer = tiny_trainer(tmp_path, eval_dataset=list(pair_stream("validation").take(8)), max_steps=1)
     metrics = trainer.evaluate()
-    for name in ("eval_reconstruction_loss", *(f"eval_{name}" for name in COPY_BASELINES)):
+    for name in ("eval_reconstruction_loss", f"eval_{UNPAIRED_CONTROL}", *(f"eval_{name}" for name in COPY_BASELINES)):
         assert np.isfinite(metrics[name]) and metrics[name] > 0
     # Training logs carry no controls: they are computed on the evaluation pairs only.
     trainer.train()
@@ -80,6 +81,47 @@ def test_copy_view2_baseline_is_zero_when_theta_is_the_identity(tmp_path):
     assert metrics["eval_copy_view2_loss"] == pytest.approx(0.0, abs=1e-10)
     assert metrics["eval_copy_blurred_view2_loss"] > 0.0  # a blurred v2 is not v2
     assert metrics["eval_copy_view1_loss"] > 0.01  # v1 is another crop: copying it is a real error
+
+
+def _evaluation_components(trainer, batch) -> dict[str, float]:
+    trainer.model.eval()
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, batch)
+    return trainer._pop_component_means("eval")
+
+
+def test_unpaired_control_is_the_loss_with_the_next_pairs_first_view(tmp_path):
+    trainer = tiny_trainer(tmp_path, max_steps=1)
+    batch = collate_transform_pairs(list(pair_stream("validation").take(5)))
+    components = _evaluation_components(trainer, batch)
+    pair = make_transformed_pair(
+        batch["base_pixel_values"], batch["transform_params"], trainer.transformation, 2, output_size=32
+    )
+    with torch.no_grad():
+        unpaired = trainer.model(
+            pixel_values=batch["pixel_values"].roll(1, dims=0),  # the encoder sees each image alone
+            transformed_pixel_values=pair.transformed,
+            intermediate_pixel_values=pair.targets,
+            intermediate_mask=pair.target_masks,
+        ).reconstruction_loss
+    assert components[UNPAIRED_CONTROL] == pytest.approx(unpaired.item(), rel=1e-5)
+    assert components[UNPAIRED_CONTROL] != components["reconstruction_loss"]  # another view 1, another answer
+
+
+def test_decoders_that_ignore_view_1_lose_nothing_unpaired(tmp_path):
+    trainer = tiny_trainer(tmp_path, max_steps=1)
+    d_equi = trainer.model.config.d_equi
+    with torch.no_grad():
+        for decoder in trainer.model.decoders:
+            decoder.to_patches.weight[:, :d_equi] = 0  # the first view's half of the decoder input
+    components = _evaluation_components(trainer, collate_transform_pairs(list(pair_stream("validation").take(5))))
+    assert components[UNPAIRED_CONTROL] == pytest.approx(components["reconstruction_loss"], rel=1e-6)
+
+
+def test_a_batch_of_one_pair_has_no_unpaired_control(tmp_path):
+    trainer = tiny_trainer(tmp_path, max_steps=1)
+    components = _evaluation_components(trainer, collate_transform_pairs(list(pair_stream("validation").take(1))))
+    assert "reconstruction_loss" in components and UNPAIRED_CONTROL not in components
 
 
 def test_box_blur_keeps_constants_and_averages_its_window():

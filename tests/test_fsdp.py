@@ -65,6 +65,10 @@ def test_two_processes_shard_student_and_teacher_alike_and_keep_the_ema(tmp_path
         assert record["trainer_copied_difference"] == 0
         assert record["trainer_ema_difference"] <= 1e-6
         assert record["trainer_student_teacher_difference"] > 1e-4
+        # Evaluation on the sharded model, the unpaired control included (the decoders run outside the forward).
+        assert {"reconstruction_loss", "unpaired_reconstruction_loss"} <= set(record["evaluation"])
+        assert all(math.isfinite(value) for value in record["evaluation"].values())
+    assert ranks[0]["evaluation"] == ranks[1]["evaluation"]  # reduced over the processes
     assert ranks[0]["reload_difference"] == 0  # save_pretrained of the gathered state dict, then from_pretrained
     # The unsharded buffers (the centres) agree on both ranks too.
     assert ranks[0]["fingerprint"] == pytest.approx(ranks[1]["fingerprint"], rel=1e-5)

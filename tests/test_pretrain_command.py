@@ -71,6 +71,9 @@ def test_closing_evaluation_reports_read_outs_next_to_their_controls(pretrained_
     beats = metrics["eval_reconstruction_loss"] < min(copies)
     assert ("beat all 3 copy baselines" in card) == beats  # after 2 steps: the card must say they do not
     assert beats or "do **not** beat" in card
+    unpaired = metrics["eval_unpaired_reconstruction_loss"]
+    assert f"given another pair's view 1 {unpaired:.4f}" in card
+    assert ("their error rises by" in card) == (unpaired > metrics["eval_reconstruction_loss"])
 
 
 def test_model_card_command_rewrites_the_card(pretrained_run):

@@ -105,13 +105,14 @@ def _training_summary(run: dict[str, Any] | None) -> str:
         lines.append("- Last logged training losses: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()) + ".")
     metrics = run.get("metrics") or {}
     evaluation = {
-        k: v for k, v in metrics.items() if k.startswith("eval_") and k.endswith("loss") and "copy_" not in k
+        k: v
+        for k, v in metrics.items()
+        if k.startswith("eval_") and k.endswith("loss") and "copy_" not in k and "unpaired_" not in k
     }
     if evaluation:
         lines.append("- Held-out losses: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(evaluation.items())) + ".")
-    controls = _reconstruction_controls(metrics)
-    if controls:
-        lines.append(controls)
+    controls = [_reconstruction_controls(metrics), _pairing_control(metrics)]
+    lines += [line for line in controls if line]
     return "\n".join(lines)
 
 
@@ -142,6 +143,21 @@ def _reconstruction_controls(metrics: dict[str, Any]) -> str | None:
     return (
         f"- Reconstruction control (held-out pairs): decoders {loss:.4f}; answering every target {answers}: {verdict}."
     )
+
+
+def _pairing_control(metrics: dict[str, Any]) -> str | None:
+    """How much of the decoders' answer comes from the pair: their error when each pair's view 1 is another pair's."""
+    loss, unpaired = metrics.get("eval_reconstruction_loss"), metrics.get("eval_unpaired_reconstruction_loss")
+    if loss is None or unpaired is None:
+        return None
+    change = 100 * (unpaired - loss) / loss
+    verdict = (
+        f"without the true view 1 their error rises by {change:.1f} %: that much of the reconstruction comes from "
+        "the pair, which θ links"
+        if change > 0
+        else "they do as well without the true view 1, so nothing they reconstruct comes from the pair, which θ links"
+    )
+    return f"- Pairing control (held-out pairs): decoders {loss:.4f}, given another pair's view 1 {unpaired:.4f}: {verdict}."
 
 
 def _r2_row(label: str, result: dict[str, Any], families: list[str], key: str = "r2") -> str:

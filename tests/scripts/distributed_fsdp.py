@@ -149,6 +149,13 @@ def main(output_dir: str, config_file: str) -> None:
     final_state = gathered_full(model)
     student, teacher = student_and_teacher(final_state)
 
+    # Evaluation on the sharded model: the controls call the decoders outside the forward.
+    model.eval()
+    with torch.no_grad():
+        trainer.compute_loss(model, collate_transform_pairs([next(stream) for _ in range(4)]))
+    evaluation = trainer._pop_component_means("eval")
+    model.train()
+
     # What Trainer.save_model does under FSDP with FULL_STATE_DICT: accelerate gathers to rank 0, which saves.
     saved = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, cpu_offload=True)
@@ -206,6 +213,7 @@ def main(output_dir: str, config_file: str) -> None:
         "student_teacher_difference": max_difference(student, teacher),
         "reload_difference": reload_difference,
         "fingerprint": {key: round(float(value.float().sum()), 5) for key, value in final_state.items()},
+        "evaluation": evaluation,
         "refusal": refusal,
         "fsdp1_refusal": fsdp1_refusal,
         "trainer_sharded": states.sharded,

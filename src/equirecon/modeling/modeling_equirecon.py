@@ -694,8 +694,7 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
         reconstructions = None
         wants_reconstruction = output_reconstructions or (return_loss and intermediate_pixel_values is not None)
         if wants_reconstruction and len(self.decoders) > 0:
-            decoder_input = torch.cat([equivariant[0], equivariant[1]], dim=-1)
-            reconstructions = torch.stack([decoder(decoder_input, grid_size) for decoder in self.decoders], dim=1)
+            reconstructions = self.reconstruct(equivariant, grid_size)
             if return_loss and intermediate_pixel_values is not None:
                 expected = (batch_size, len(self.decoders), 3, height, width)
                 if tuple(intermediate_pixel_values.shape) != expected:
@@ -721,6 +720,13 @@ class EquiReconForPreTraining(EquiReconPreTrainedModel):
             attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    def reconstruct(self, equivariant_embeds: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        """The K intermediate states (batch, K, 3, h·p, w·p) from both views' per-patch equivariant parts
+        (2, batch, h·w, d_equi), as `forward`'s `equivariant_embeds`. The trainer's unpaired control passes another
+        pair's first view here."""
+        decoder_input = torch.cat([equivariant_embeds[0], equivariant_embeds[1]], dim=-1)
+        return torch.stack([decoder(decoder_input, grid_size) for decoder in self.decoders], dim=1)
 
     def _check_masks(
         self, bool_masked_pos: torch.Tensor | None, batch_size: int, grid_size: tuple[int, int], return_loss: bool

@@ -25,6 +25,10 @@ COPY_BASELINES = ("copy_view2_loss", "copy_blurred_view2_loss", "copy_view1_loss
 about the in-between states: the blurred copy is the trivial answer a low-pass decoder must beat (the targets lie
 between v2 and u, so an MSE-optimal guess that ignores θ is a smoothed v2)."""
 BLURRED_COPY_KERNEL = 5
+UNPAIRED_CONTROL = "unpaired_reconstruction_loss"
+"""Evaluation control: the decoders' loss when each pair's first view is replaced by the next pair's in the batch.
+θ links the two views of a pair, so decoders that read θ from the pair do worse unpaired; decoders that reconstruct
+from view 2 alone do as well (a batch of one example has no other pair and does not count)."""
 
 
 def box_blur(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -62,7 +66,8 @@ class EquiReconTrainer(Trainer):
     the next log or checkpoint, before a checkpoint of the broken weights is written.
     `ssl_loss` and `reconstruction_loss` are logged next to `loss` (averaged over the steps since the last log and
     over processes), and evaluation reports them as `eval_ssl_loss` and `eval_reconstruction_loss`, next to the
-    controls `eval_copy_view2_loss`, `eval_copy_blurred_view2_loss` and `eval_copy_view1_loss` (`COPY_BASELINES`).
+    controls `eval_copy_view2_loss`, `eval_copy_blurred_view2_loss` and `eval_copy_view1_loss` (`COPY_BASELINES`)
+    and `eval_unpaired_reconstruction_loss` (`UNPAIRED_CONTROL`).
 
     Args:
         transformation: g_θ. Default: the model config's `transformation`, overridden by the training arguments.
@@ -153,6 +158,9 @@ class EquiReconTrainer(Trainer):
             if phase == "eval":
                 components.update(self._copy_baselines(inputs["pixel_values"], pair, masks))
                 weights.update(dict.fromkeys(COPY_BASELINES, weights.get("reconstruction_loss")))
+                components[UNPAIRED_CONTROL] = self._unpaired_reconstruction_loss(model, outputs, pair, masks)
+                has_other_pair = torch.tensor(float(len(masks) > 1), device=masks.device)
+                weights[UNPAIRED_CONTROL] = has_other_pair * weights.get("reconstruction_loss", 1.0)
         self._record_components(phase, components, weights)
         return (loss, outputs) if return_outputs else loss
 
@@ -164,6 +172,22 @@ class EquiReconTrainer(Trainer):
             name: masked_mse(view.unsqueeze(1).expand_as(targets), targets, masks)
             for name, view in zip(COPY_BASELINES, answers, strict=True)
         }
+
+    def _unpaired_reconstruction_loss(
+        self, model: nn.Module, outputs: Any, pair: Any, masks: torch.Tensor
+    ) -> torch.Tensor:
+        equivariant = outputs.equivariant_embeds
+        unpaired = torch.stack([equivariant[0].roll(1, dims=0), equivariant[1]])
+        patch_size = self.model.config.patch_size
+        grid_size = (pair.targets.shape[-2] // patch_size, pair.targets.shape[-1] // patch_size)
+        model = self.accelerator.unwrap_model(model)
+        if torch.distributed.is_available() and "reconstruct" not in vars(model):
+            from torch.distributed.fsdp import register_fsdp_forward_method
+
+            # FSDP2 may hold the decoders sharded outside a forward: gather them around this call as around one.
+            register_fsdp_forward_method(model, "reconstruct")
+        reconstructions = model.reconstruct(unpaired, grid_size)
+        return masked_mse(reconstructions, pair.targets, masks)
 
     def _record_components(
         self,
