@@ -8,6 +8,8 @@ Same data (the embedded photos), same budget, same seeds for every row; a tiny V
     VICReg + reconstruction, g = rotation with K = 1 and K = 2, g = SE(2) and g = colour (K = 2), and g = rotation
     with the ViT-S/16 presets' narrow decoders (8/8 channels instead of the tiny preset's 16/32),
     iBOT alone and iBOT + reconstruction (g = SE(2), K = 2): the DINO-family host on the same tiny ViT,
+    VICReg alone and with reconstruction without base augmentations (views "none"): a mechanism check, where view 1
+    is the pre-image of view 2, so the decoders can read θ from the pair,
 
 and a randomly initialised encoder is the reference row. Each frozen encoder is then scored by
 
@@ -42,6 +44,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -72,27 +75,38 @@ from equirecon.training.pretrain import run  # noqa: E402
 FAMILIES = ("rotation", "color", "blur", "translation")
 FEATURES = ("mean_patch", "cls", "equivariant")
 RANDOM_INIT = "random initialisation"
+
+
+class Row(NamedTuple):
+    family: str  # g_θ
+    weight: float  # reconstruction weight λ (0: the host alone, no decoders)
+    k: int  # intermediate states K
+    overrides: str = ""  # more config overrides, ",name=value..."
+    preset: str = "tiny"
+    views: str = "all"  # base augmentations A1, A2 (training only; the benchmark is the same for every row)
+
+
 ROWS = {
-    # name: (transformation family, reconstruction weight λ, K, other config overrides[, preset; default "tiny"])
-    "VICReg (all, rot in views)": ("rotation", 0.0, 2, ""),
-    "Ours(VICReg, all, rot), K=2": ("rotation", 1.0, 2, ""),
-    "Ours(VICReg, all, rot), K=1": ("rotation", 1.0, 1, ""),
+    "VICReg (all, rot in views)": Row("rotation", 0.0, 2),
+    "Ours(VICReg, all, rot), K=2": Row("rotation", 1.0, 2),
+    "Ours(VICReg, all, rot), K=1": Row("rotation", 1.0, 1),
     # The DINO family: the same tiny ViT as an iBOT host (EMA teacher, masked patch tokens, 1024 prototypes).
-    "iBOT (all, SE(2) in views)": ("se2", 0.0, 2, "", "tiny-ibot"),
-    "Ours(iBOT, all, SE(2)), K=2": ("se2", 1.0, 2, "", "tiny-ibot"),
-    "Ours(VICReg, all, SE(2)), K=2": ("se2", 1.0, 2, ""),
-    "Ours(VICReg, all, colour), K=2": ("color", 1.0, 2, ""),
+    "iBOT (all, SE(2) in views)": Row("se2", 0.0, 2, preset="tiny-ibot"),
+    "Ours(iBOT, all, SE(2)), K=2": Row("se2", 1.0, 2, preset="tiny-ibot"),
+    "Ours(VICReg, all, SE(2)), K=2": Row("se2", 1.0, 2),
+    "Ours(VICReg, all, colour), K=2": Row("color", 1.0, 2),
     # The ViT-S/16 presets' narrow decoders (8/8 channels, chosen for speed) against the tiny preset's 16/32.
-    "Ours(VICReg, all, rot), K=2, decoder 8/8": (
-        "rotation",
-        1.0,
-        2,
-        ",decoder_patch_channels=8,decoder_hidden_channels=8",
+    "Ours(VICReg, all, rot), K=2, decoder 8/8": Row(
+        "rotation", 1.0, 2, ",decoder_patch_channels=8,decoder_hidden_channels=8"
     ),
+    # A mechanism check, not the paper's setting: without base augmentations (views "none": both views the photo's
+    # centre, view 2 rotated) view 1 is the pre-image u itself, so the decoders can read θ from the pair.
+    "VICReg (none, rot in views)": Row("rotation", 0.0, 2, views="none"),
+    "Ours(VICReg, none, rot), K=2": Row("rotation", 1.0, 2, views="none"),
 }
 
 CORE_ROWS = (RANDOM_INIT, *list(ROWS)[:3])
-IBOT_ROWS = tuple(name for name, row in ROWS.items() if row[4:] == ("tiny-ibot",))
+IBOT_ROWS = tuple(name for name, row in ROWS.items() if row.preset == "tiny-ibot")
 # Results of one R² protocol live in their own folder (runs/cv-by-photo, runs/cv-by-crop): a change of protocol
 # recomputes, never mixes, the tables.
 
@@ -102,10 +116,9 @@ def slug(name: str) -> str:
 
 
 def pretrain(name: str, seed: int, args: argparse.Namespace, output_dir: Path) -> Path:
-    family, weight, k, overrides, *preset = ROWS[name]
+    family, weight, k, overrides, preset, views = ROWS[name]
     model_args = ModelArguments(
-        preset=preset[0] if preset else "tiny",
-        config_overrides=f"num_intermediates={k},reconstruction_weight={weight}{overrides}",
+        preset=preset, config_overrides=f"num_intermediates={k},reconstruction_weight={weight}{overrides}"
     )
     data_args = DataArguments(dataset="embedded", max_eval_samples=64)
     training_args = EquiReconTrainingArguments(
@@ -119,12 +132,13 @@ def pretrain(name: str, seed: int, args: argparse.Namespace, output_dir: Path) -
         save_total_limit=1,
         seed=seed,
         transformation_family=family,
-        view_preset="all",
+        view_preset=views,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
     )
     print(
-        f"[seed {seed}] {name}: {args.steps} steps, batch {args.batch_size}, g={family}, λ={weight}, K={k}{overrides}",
+        f"[seed {seed}] {name}: {args.steps} steps, batch {args.batch_size}, g={family}, λ={weight}, K={k}{overrides}, "
+        f"views {views}",
         flush=True,
     )
     run(model_args, data_args, training_args, EvaluationArguments(equivariance_benchmark=False))
