@@ -134,6 +134,26 @@ def test_gradient_accumulation_centres_as_one_batch(tmp_path):
         assert torch.allclose(getattr(micro.ssl_objective, name).center, expected, atol=1e-6), name
 
 
+def test_trainer_under_accumulation_centres_as_one_batch(tmp_path):
+    """Through Trainer: one optimizer step over two micro-batches of 2 gives iBOT's centres of one batch of 4."""
+    centres = []
+    for batch_size, accumulation in ((4, 1), (2, 2)):
+        trainer = dino_trainer(
+            tmp_path / str(accumulation),
+            "ibot",
+            max_steps=1,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            save_strategy="no",
+        )
+        trainer.train()
+        objective = trainer.model.ssl_objective
+        centres.append([objective.cls_centering.center.clone(), objective.patch_centering.center.clone()])
+    for whole, micro in zip(*centres, strict=True):
+        assert torch.count_nonzero(whole) > 0
+        assert torch.allclose(micro, whole, atol=1e-6)
+
+
 def _sinkhorn_reference(logits, temperature, iterations):
     """The algorithm written out: alternately give every prototype and every sample equal total weight."""
     q = torch.exp(logits.double() / temperature).t()
