@@ -2,8 +2,8 @@
 
 For each pretraining checkpoint (an `equirecon pretrain` output directory, or one of `benchmarks/table1_small.py`'s
 checkpoints), `EquiReconTrainer.evaluate` scores the decoders on transform pairs of the embedded photos held out
-from pretraining (the model's own g_θ, image size, normalisation and masks; base views "all") next to the controls it logs
-on the same pairs:
+from pretraining (the model's own g_θ, image size, normalisation, masks and base augmentations) next to the
+controls it logs on the same pairs:
 
     decoders        eval_reconstruction_loss
     unpaired        the decoders given the next pair's view 1 (eval_unpaired_reconstruction_loss): θ links the two
@@ -19,6 +19,7 @@ on the same pairs:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -47,14 +48,21 @@ COLUMNS = {
 }
 
 
-def decoder_controls(checkpoint: Path, num_pairs: int, seed: int) -> dict[str, float]:
+def training_views(checkpoint: Path) -> str:
+    """The base augmentations the checkpoint was pretrained with (its `equirecon_run.json`), "all" if unknown."""
+    run = checkpoint / "equirecon_run.json"
+    arguments = json.loads(run.read_text()).get("training_arguments", {}) if run.exists() else {}
+    return arguments.get("view_preset") or "all"
+
+
+def decoder_controls(checkpoint: Path, num_pairs: int, seed: int, views: str) -> dict[str, float]:
     model = EquiReconForPreTraining.from_pretrained(checkpoint)
     config = model.config
     transformation = TransformationConfig.from_dict(config.transformation)
     image_mean, image_std = image_statistics(ModelArguments(model_name_or_path=str(checkpoint)))
     maker = TransformPairMaker(
         transformation,
-        view_preset="all",
+        view_preset=views,
         size=config.image_size,
         image_mean=image_mean,
         image_std=image_std,
@@ -90,18 +98,20 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+", type=Path)
     parser.add_argument("--num-pairs", type=int, default=256, help="held-out transform pairs (default 256)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--views", default=None, help="base augmentations (default: each checkpoint's own, else all)")
     args = parser.parse_args()
 
     print(f"Held-out pairs: {args.num_pairs} of the 4 embedded validation photos, seed {args.seed}; lower is better.")
     print()
-    print("| checkpoint | g | " + " | ".join(COLUMNS) + " | unpaired / decoders |")
-    print("|---|---|" + "---|" * len(COLUMNS) + "---|")
+    print("| checkpoint | g | views | " + " | ".join(COLUMNS) + " | unpaired / decoders |")
+    print("|---|---|---|" + "---|" * len(COLUMNS) + "---|")
     for checkpoint in args.checkpoints:
-        metrics = decoder_controls(checkpoint, args.num_pairs, args.seed)
+        views = args.views or training_views(checkpoint)
+        metrics = decoder_controls(checkpoint, args.num_pairs, args.seed, views)
         family = EquiReconForPreTraining.config_class.from_pretrained(checkpoint).transformation["family"]
         cells = [f"{metrics[key]:.4f}" for key in COLUMNS.values()]
         ratio = metrics[COLUMNS["unpaired"]] / metrics[COLUMNS["decoders"]]
-        print(f"| {checkpoint.name} | {family} | " + " | ".join(cells) + f" | {ratio:.3f} |", flush=True)
+        print(f"| {checkpoint.name} | {family} | {views} | " + " | ".join(cells) + f" | {ratio:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
