@@ -10,6 +10,8 @@ Same data (the embedded photos), same budget, same seeds for every row; a tiny V
     iBOT alone and iBOT + reconstruction (g = SE(2), K = 2): the DINO-family host on the same tiny ViT,
     VICReg alone and with reconstruction without base augmentations (views "none"): a mechanism check, where view 1
     is the pre-image of view 2, so the decoders can read θ from the pair,
+    the same two rows with random resized crops only (views "crop-only"): independent crops, no photometric
+    augmentation, between the mechanism check and the paper's setting,
 
 and a randomly initialised encoder is the reference row. Each frozen encoder is then scored by
 
@@ -28,7 +30,7 @@ benchmark can be stopped and resumed. Several invocations on one output director
 files, so two processes of one thread each keep two cores busy. The control rows and the two rotation rows run
 first, for every seed; then the other rows.
 
-    python benchmarks/table1_small.py                       # 3 seeds, all rows and read-outs: ~8 h on 2 CPU cores
+    python benchmarks/table1_small.py                       # 3 seeds, all rows and read-outs: ~10 h on 2 CPU cores
     python benchmarks/table1_small.py --quick               # ~5 min: the pipeline, not the effect
     python benchmarks/table1_small.py --eval-dataset DIR    # the same checkpoints, DIR's photos added to the R²
     python benchmarks/table1_small.py --photos held-out --eval-dataset DIR   # only photos no row was trained on
@@ -103,6 +105,10 @@ ROWS = {
     # centre, view 2 rotated) view 1 is the pre-image u itself, so the decoders can read θ from the pair.
     "VICReg (none, rot in views)": Row("rotation", 0.0, 2, views="none"),
     "Ours(VICReg, none, rot), K=2": Row("rotation", 1.0, 2, views="none"),
+    # Between the two: independent random resized crops for A1 and A2, no flip, colour or blur (views "crop-only"),
+    # so view 1 shares part of view 2's pre-image but not its pixels one for one.
+    "VICReg (crop-only, rot in views)": Row("rotation", 0.0, 2, views="crop-only"),
+    "Ours(VICReg, crop-only, rot), K=2": Row("rotation", 1.0, 2, views="crop-only"),
 }
 
 CORE_ROWS = (RANDOM_INIT, *list(ROWS)[:3])
