@@ -32,6 +32,7 @@ from transformers import PrinterCallback  # noqa: E402
 
 from equirecon import EquiReconForPreTraining  # noqa: E402
 from equirecon.imaging.transformations import TransformationConfig  # noqa: E402
+from equirecon.model_card import RUN_FILE  # noqa: E402
 from equirecon.training import TransformPairMaker, build_transform_pair_dataset, load_images  # noqa: E402
 from equirecon.training.arguments import EquiReconTrainingArguments, ModelArguments  # noqa: E402
 from equirecon.training.data import collate_transform_pairs  # noqa: E402
@@ -50,8 +51,8 @@ COLUMNS = {
 
 def training_views(checkpoint: Path) -> str:
     """The base augmentations the checkpoint was pretrained with (its `equirecon_run.json`), "all" if unknown."""
-    run = checkpoint / "equirecon_run.json"
-    arguments = json.loads(run.read_text()).get("training_arguments", {}) if run.exists() else {}
+    run = checkpoint / RUN_FILE
+    arguments = json.loads(run.read_text()).get("training_arguments", {}) if run.is_file() else {}
     return arguments.get("view_preset") or "all"
 
 
