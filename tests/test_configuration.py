@@ -1,7 +1,7 @@
 import pytest
 import torch
 from model_helpers import TINY_BACKBONE, tiny_config
-from transformers import AutoConfig, ViTConfig
+from transformers import AutoConfig, Dinov2Config, ViTConfig
 
 from equirecon import PRESETS, EquiReconConfig, EquiReconForPreTraining
 from equirecon.modeling.configuration_equirecon import MASKED_OBJECTIVES, SSL_OBJECTIVES
@@ -75,7 +75,6 @@ def test_any_vit_family_backbone_is_accepted():
         ({"d_patch": 1, "d_equi": 1}, r"`d_patch` must be an integer >= 2"),
         ({"num_intermediates": 0}, r"`num_intermediates` \(K\) must be an integer >= 1"),
         ({"reconstruction_weight": -1.0}, r"`reconstruction_weight` \(λ\) must be >= 0"),
-        ({"ssl_objective": "ibot"}, "masks patch tokens, but the encoder has no mask token"),
         ({"dino_centering": "mean"}, "`dino_centering` must be one of"),
         ({"mask_ratio_range": [0.5, 0.1]}, "`mask_ratio_range` must be"),
         ({"teacher_momentum": 1.5}, r"`teacher_momentum` must be in \[0, 1\]"),
@@ -89,7 +88,9 @@ def test_any_vit_family_backbone_is_accepted():
         ({"vicreg_expander_dims": []}, r"`vicreg_expander_dims` must be a non-empty list"),
         ({"decoder_hidden_channels": 0}, r"`decoder_hidden_channels` must be a positive integer"),
         ({"segmentation_head": "fcn"}, r"`segmentation_head` must be one of \('linear', 'upernet'\)"),
-        ({"out_indices": [1, 2]}, r"`out_indices` must be 4 hidden-state indices in \[0, 2\]"),
+        ({"out_indices": [1, 5]}, r"out_indices must be valid indices for stage_names \['stem', 'stage1', 'stage2'\]"),
+        ({"out_indices": [2, 1]}, r"out_indices must be in the same order as stage_names"),
+        ({"out_features": ["stage3"]}, r"out_features must be a subset of stage_names"),
         ({"transformation": {"rotation_range": [0, 1]}}, r"`transformation` must name its 'family'"),
         ({"backbone_config": {**TINY_BACKBONE, "image_size": 36}}, r"image_size` \(36\) must be a multiple of"),
         ({"backbone_config": {"hidden_size": 32}}, r"has no 'model_type'"),
@@ -129,6 +130,36 @@ def test_prefix_tokens_come_from_the_config():
     assert registers.num_prefix_tokens == 5
 
 
-def test_default_segmentation_layers_end_with_the_last():
+def test_default_stages_are_four_evenly_spaced_layers_ending_with_the_last():
+    assert EquiReconConfig().out_features == ["stage3", "stage6", "stage9", "stage12"]
     assert EquiReconConfig().segmentation_out_indices == [3, 6, 9, 12]
+    assert EquiReconConfig.from_preset("tiny").out_indices == [2, 3, 4, 6]
+    # Two layers have two stages after the embeddings: the four pyramid levels share them.
+    assert tiny_config().out_indices == [1, 2]
     assert tiny_config().segmentation_out_indices == [1, 1, 2, 2]
+
+
+def test_the_stages_follow_a_saved_config_and_a_new_depth(tmp_path):
+    config = tiny_config(out_indices=[0, 2])
+    config.save_pretrained(tmp_path)
+    reloaded = AutoConfig.from_pretrained(tmp_path)
+    assert (reloaded.out_indices, reloaded.out_features) == ([0, 2], ["stem", "stage2"])
+    deeper = EquiReconConfig.from_dict(
+        {**tiny_config().to_dict(), "backbone_config": {**TINY_BACKBONE, "num_hidden_layers": 8}}
+    )
+    assert deeper.stage_names[-1] == "stage8" and deeper.out_indices == [1, 2]  # the saved stages, still valid
+
+
+@pytest.mark.parametrize("objective", MASKED_OBJECTIVES)
+def test_an_objective_that_masks_gets_the_encoders_mask_token(objective):
+    """`ssl_objective=ibot` on an encoder config without a mask token (the default preset's) turns it on rather
+    than asking for it; the caller's config is left as it was."""
+    backbone = Dinov2Config(**{k: v for k, v in TINY_BACKBONE.items() if k != "model_type"})
+    assert backbone.use_mask_token is False
+    config = tiny_config(ssl_objective=objective, backbone_config=backbone)
+    assert config.backbone_config.use_mask_token is True and backbone.use_mask_token is False
+    assert EquiReconConfig.from_preset("vicreg-vit-s16", ssl_objective=objective).backbone_config.use_mask_token
+    model = EquiReconForPreTraining(tiny_config(ssl_objective=objective, dino_out_dim=32, dino_hidden_dim=32))
+    assert model.equirecon.backbone.embeddings.mask_token is not None
+    # An objective that does not mask leaves the encoder as configured.
+    assert tiny_config(ssl_objective="dino").backbone_config.use_mask_token is False

@@ -142,7 +142,10 @@ def test_upernet_auxiliary_loss_is_weighted_and_only_used_in_training():
 
 
 def test_upernet_reads_the_configured_layers():
-    model = _segmenter("upernet", out_indices=[0, 1, 1, 2], use_auxiliary_head=False).eval()
+    """The four pyramid levels read the stages `out_indices` names, spread evenly when it names fewer than four."""
+    model = _segmenter("upernet", out_indices=[0, 1, 2], use_auxiliary_head=False).eval()
+    assert model.config.segmentation_out_indices == [0, 1, 1, 2]
+    assert _segmenter("upernet", out_features=["stem", "stage2"]).config.segmentation_out_indices == [0, 0, 2, 2]
     pixel_values = _pixels()
     seen = []
     original = model.head.forward
@@ -187,6 +190,7 @@ def test_pretraining_checkpoint_loads_encoder_and_reports_only_the_head_as_new(
         output_loading_info=True,
         **overrides,
     )
+    assert model.equirecon.projection is None  # the split head is pretraining's; the heads read the encoder
     head_keys = {key for key in model.state_dict() if key.startswith(head_prefix)}
     assert head_keys and set(info["missing_keys"]) == head_keys
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
@@ -195,27 +199,6 @@ def test_pretraining_checkpoint_loads_encoder_and_reports_only_the_head_as_new(
         if not name.startswith("projection."):  # the split head is pretraining's; the heads read the encoder
             assert torch.equal(encoder[name], tensor), name
     assert model.config.id2label == LABELS
-
-
-def test_fine_tuned_checkpoint_round_trips(tmp_path):
-    for model in (_classifier().eval(), _segmenter("upernet").eval()):
-        model.save_pretrained(tmp_path / type(model).__name__)
-        auto = (
-            AutoModelForImageClassification
-            if "Classification" in type(model).__name__
-            else (AutoModelForSemanticSegmentation)
-        )
-        reloaded, info = auto.from_pretrained(tmp_path / type(model).__name__, output_loading_info=True)
-        assert type(reloaded) is type(model)
-        assert not info["missing_keys"] and not info["unexpected_keys"]
-        saved, loaded = model.state_dict(), reloaded.state_dict()
-        assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
-        pixel_values = _pixels()
-        with torch.no_grad():
-            # Same weights; oneDNN may pick another convolution algorithm for the new tensors (differences ~1e-10).
-            torch.testing.assert_close(
-                model(pixel_values).logits, reloaded.eval()(pixel_values).logits, rtol=1e-5, atol=1e-8
-            )
 
 
 @pytest.mark.parametrize("make", [lambda: _classifier(), lambda: _segmenter("upernet"), lambda: _segmenter("linear")])
@@ -298,23 +281,6 @@ def test_encoder_loads_from_a_fine_tuned_checkpoint(tmp_path):
     encoder = EquiReconModel.from_pretrained(tmp_path)
     for name, tensor in model.equirecon.state_dict().items():
         assert torch.equal(encoder.state_dict()[name], tensor), name
-
-
-@pytest.mark.parametrize(
-    "build",
-    [lambda: _classifier(), lambda: _segmenter("linear"), lambda: _segmenter("upernet", use_auxiliary_head=True)],
-    ids=["classification", "segmentation-linear", "segmentation-upernet"],
-)
-def test_every_parameter_of_a_head_model_gets_a_gradient(build):
-    """DDP without find_unused_parameters raises on a parameter that no loss reaches: there must be none."""
-    model = build().train()
-    pixels = _pixels(batch_size=4)
-    is_classifier = isinstance(model, EquiReconForImageClassification)
-    labels = torch.tensor([0, 1, 2, 0]) if is_classifier else torch.randint(0, 3, (4, 32, 32))
-    model(pixel_values=pixels, labels=labels).loss.backward()
-    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert missing == []
-    assert not any(name.startswith("equirecon.projection") for name, _ in model.named_parameters())
 
 
 def _batch_norms(model):

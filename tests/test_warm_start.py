@@ -24,7 +24,7 @@ from transformers import (
 from equirecon import EquiReconForPreTraining, EquiReconModel
 from equirecon.cli import main as cli_main
 from equirecon.command_line import ArgumentError
-from equirecon.modeling.modeling_equirecon import load_backbone_weights
+from equirecon.modeling.warm_start import load_backbone_weights
 from equirecon.training.arguments import EquiReconTrainingArguments, ModelArguments
 from equirecon.training.pretrain import build_model, starting_point
 
@@ -290,7 +290,7 @@ def test_stochastic_depth_is_a_training_setting_a_warm_start_keeps(checkpoints):
 def test_a_presets_drop_path_rate_reaches_a_warm_started_encoder(checkpoints, tmp_path, monkeypatch, caplog):
     """The preset's encoder sizes must match the checkpoint's; its stochastic depth is kept where the encoder has one,
     and an explicit override wins."""
-    from equirecon.modeling.configuration_equirecon import PRESETS
+    from equirecon.modeling.presets import PRESETS
 
     monkeypatch.setitem(PRESETS, "tiny-drop-path", {**HEADS, "backbone_config": {**SIZES, "drop_path_rate": 0.3}})
     training_args = EquiReconTrainingArguments(output_dir=str(tmp_path), use_cpu=True)

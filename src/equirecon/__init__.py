@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "SSL_OBJECTIVES",
+    "EquiReconBackbone",
     "EquiReconConfig",
     "EquiReconForImageClassification",
     "EquiReconForPreTraining",
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from .modeling import (
         PRESETS,
         SSL_OBJECTIVES,
+        EquiReconBackbone,
         EquiReconConfig,
         EquiReconForImageClassification,
         EquiReconForPreTraining,

@@ -2,6 +2,7 @@
 imported) and for Hub custom code (every `save_pretrained` directory carries `auto_map` and the modeling files)."""
 
 from transformers import (
+    AutoBackbone,
     AutoConfig,
     AutoModel,
     AutoModelForImageClassification,
@@ -10,6 +11,7 @@ from transformers import (
 )
 
 from .modeling import (
+    EquiReconBackbone,
     EquiReconConfig,
     EquiReconForImageClassification,
     EquiReconForPreTraining,
@@ -19,6 +21,7 @@ from .modeling import (
 
 AUTO_CLASSES = {
     "AutoModel": (AutoModel, EquiReconModel),
+    "AutoBackbone": (AutoBackbone, EquiReconBackbone),
     "AutoModelForPreTraining": (AutoModelForPreTraining, EquiReconForPreTraining),
     "AutoModelForImageClassification": (AutoModelForImageClassification, EquiReconForImageClassification),
     "AutoModelForSemanticSegmentation": (AutoModelForSemanticSegmentation, EquiReconForSemanticSegmentation),

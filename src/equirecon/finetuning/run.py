@@ -19,8 +19,11 @@ from transformers.modelcard import extract_hyperparameters_from_trainer
 from ..command_line import ArgumentError, check_output_dir, finish_run, last_checkpoint, start_run
 from ..evaluation.loading import InputSpec
 from ..model_card import PIPELINE_TASKS, RUN_FILE, write_model_card
+from ..process_group import LeaveProcessGroupAtExit
+from ..publishing import push_output_directory, save_model_without_pushing
 from .arguments import FinetuneDataArguments, FinetuneModelArguments, FinetuneTrainingArguments
 from .data import DEFAULT_DATASETS, DownstreamData, load_downstream_dataset, read_id2label
+from .head_init import initialise_linear_head
 from .metrics import ClassificationMetric, SegmentationMetric, whole_set_metric
 from .models import describe_protocol, image_processor_for, input_spec, load_config, load_model, summarise_keys
 from .transforms import DownstreamTransform, build_transform, collate_downstream
@@ -90,7 +93,8 @@ def run(
 
     ignore_index = int(getattr(model.config, "semantic_loss_ignore_index", 255))
     flip = data.flip_invariant if data_args.horizontal_flip is None else data_args.horizontal_flip
-    crop_scale = tuple(data_args.crop_scale) if data_args.crop_scale is not None else data.crop_scale
+    crop_scale = data.probe_crop_scale if model_args.freeze_backbone and data.probe_crop_scale else data.crop_scale
+    crop_scale = tuple(data_args.crop_scale) if data_args.crop_scale is not None else crop_scale
     common = {"size": spec.image_size, "image_mean": spec.image_mean, "image_std": spec.image_std}
 
     def transform(train: bool) -> DownstreamTransform:
@@ -135,10 +139,18 @@ def run(
         processing_class=processor,
         compute_metrics=metric if training_args.batch_eval_metrics else whole_set_metric(metric),
     )
+    trainer.add_callback(LeaveProcessGroupAtExit(trainer))  # several processes: leave the group cleanly at exit
     if trainer.is_world_process_zero():
         start_run(training_args.output_dir, command="finetune", overwrite=training_args.overwrite_output_dir)
+    if model_args.freeze_backbone and task == "classification" and model_args.head_init == "probe" and not resume:
+        probe_batches = torch.utils.data.DataLoader(
+            data.train.with_transform(eval_transform),
+            batch_size=training_args.per_device_eval_batch_size,
+            collate_fn=collate_downstream,
+        )
+        initialise_linear_head(trainer.model, probe_batches, num_labels=data.num_labels, seed=training_args.seed)
     train_result = trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir, resume))
-    trainer.save_model()
+    save_model_without_pushing(trainer)  # pushed with its card and results once they are written
     trainer.log_metrics("train", train_result.metrics)
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
@@ -150,6 +162,7 @@ def run(
         record = _run_record(trainer, model_args, spec, augmentation, data, metrics)
         (Path(training_args.output_dir) / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
         write_model_card(training_args.output_dir)
+        push_output_directory(trainer)
     headline = "eval_accuracy" if task == "classification" else "eval_mean_iou"
     logger.info(
         "Saved the fine-tuned model to %s (%s = %.4f); use it with pipeline(%r, model=%r).",

@@ -1,7 +1,8 @@
 """The EquiRecon model family (transformers-compatible; these files also travel as Hub custom code)."""
 
-from .configuration_equirecon import PRESETS, SSL_OBJECTIVES, EquiReconConfig
+from .configuration_equirecon import SSL_OBJECTIVES, EquiReconConfig
 from .modeling_equirecon import (
+    EquiReconBackbone,
     EquiReconForImageClassification,
     EquiReconForPreTraining,
     EquiReconForPreTrainingOutput,
@@ -10,10 +11,12 @@ from .modeling_equirecon import (
     EquiReconModelOutput,
     EquiReconPreTrainedModel,
 )
+from .presets import PRESETS
 
 __all__ = [
     "PRESETS",
     "SSL_OBJECTIVES",
+    "EquiReconBackbone",
     "EquiReconConfig",
     "EquiReconForImageClassification",
     "EquiReconForPreTraining",

@@ -1,8 +1,9 @@
 # Copyright 2026 The equirecon developers. Licensed under the Apache License, Version 2.0.
 """EquiRecon model configuration.
 
-Self-contained on purpose (imports only transformers): `save_pretrained` copies this file next to the weights so
-that `AutoConfig.from_pretrained(dir, trust_remote_code=True)` works where `equirecon` is not installed.
+Self-contained on purpose (imports only transformers and its siblings): `save_pretrained` copies this file and its
+siblings next to the weights so that `AutoConfig.from_pretrained(dir, trust_remote_code=True)` works where `equirecon` is not
+installed.
 """
 
 from __future__ import annotations
@@ -12,18 +13,21 @@ from typing import Any
 
 from transformers import AutoConfig, Dinov2Config, PretrainedConfig
 
-SSL_OBJECTIVES = ("vicreg", "simclr", "dino", "ibot", "dinov2")
-"""Host SSL objectives this release implements."""
+try:
+    from transformers.backbone_utils import BackboneConfigMixin
+except ImportError:  # transformers releases before the module moved
+    from transformers.utils.backbone_utils import BackboneConfigMixin
 
-TEACHER_OBJECTIVES = ("dino", "ibot", "dinov2")
-"""Objectives that distil an EMA teacher (the model keeps one; `EquiReconTrainer` updates it)."""
-
-MASKED_OBJECTIVES = ("ibot", "dinov2")
-"""Objectives that mask the student's patch tokens (the data pipeline makes `bool_masked_pos`)."""
-
-DINO_CENTERINGS = ("centering", "sinkhorn_knopp")
-
-SEGMENTATION_HEADS = ("linear", "upernet")
+from .configuration_validation import (
+    DINO_CENTERINGS,
+    MASKED_OBJECTIVES,
+    SEGMENTATION_HEADS,
+    SSL_OBJECTIVES,
+    TEACHER_OBJECTIVES,
+    EquiReconConfigValidationMixin,
+    as_pair,
+)
+from .presets import DEFAULT_BACKBONE, PRESETS
 
 # Transformation the pretraining data pipeline applies when the config does not name one (paper: SE(2) on real images).
 DEFAULT_TRANSFORMATION = {"family": "se2"}
@@ -32,125 +36,34 @@ DEFAULT_TRANSFORMATION = {"family": "se2"}
 AUTO_MAP = {
     "AutoConfig": "configuration_equirecon.EquiReconConfig",
     "AutoModel": "modeling_equirecon.EquiReconModel",
+    "AutoBackbone": "modeling_equirecon.EquiReconBackbone",
     "AutoModelForPreTraining": "modeling_equirecon.EquiReconForPreTraining",
     "AutoModelForImageClassification": "modeling_equirecon.EquiReconForImageClassification",
     "AutoModelForSemanticSegmentation": "modeling_equirecon.EquiReconForSemanticSegmentation",
 }
 
-_VIT_S16 = {
-    "model_type": "dinov2",
-    "hidden_size": 384,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 6,
-    "mlp_ratio": 4,
-    "patch_size": 16,
-    "image_size": 224,
-    "layerscale_value": 1e-5,
-    # No masked-image objective here: an unused mask token would only slow DDP's unused-parameter search.
-    "use_mask_token": False,
-}
 
-_VIT_L16 = {
-    **_VIT_S16,
-    "hidden_size": 1024,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-}
-
-# iBOT's ViT-S/16 recipe (bytedance/ibot README: 800 epochs, shared head, 8192 prototypes, teacher temperature
-# 0.04 → 0.07 over 30 epochs, norm_last_layer false, drop path 0.1, 1 epoch with the last layer frozen).
-_IBOT = {
-    "ssl_objective": "ibot",
-    "d_patch": 8192,
-    "d_equi": 2048,
-    "dino_out_dim": 8192,
-    "dino_norm_last_layer": False,
-    "dino_warmup_teacher_temperature_steps": 30 / 800,
-    "dino_freeze_last_layer_steps": 1 / 800,
-    "ibot_separate_head": False,
-    "teacher_momentum": 0.996,
-}
-
-# A ViT small enough to pretrain on two CPU cores in minutes: 64² crops, 8×8 patches.
-_TINY: dict[str, Any] = {
-    "backbone_config": {
-        "model_type": "dinov2",
-        "hidden_size": 192,
-        "num_hidden_layers": 6,
-        "num_attention_heads": 3,
-        "mlp_ratio": 4,
-        "patch_size": 8,
-        "image_size": 64,
-        "use_mask_token": False,
-    },
-    "d_patch": 256,
-    "d_equi": 128,
-    "ssl_objective": "vicreg",
-    "vicreg_expander_dims": [1024, 1024, 1024],
-    # At 64² the decoders are cheap next to the encoder, so they can be wider than the ViT-S/16 default.
-    "decoder_patch_channels": 16,
-    "decoder_hidden_channels": 32,
-    "transformation": {"family": "rotation"},
-    # A UPerNet head as wide as ViT-S/16's (512) would dwarf this encoder on a CPU.
-    "segmentation_channels": 64,
-    "auxiliary_channels": 32,
-}
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Paper, VICReg host in the SIE configuration (Table 1).
-    "vicreg-vit-s16": {"backbone_config": _VIT_S16, "d_patch": 512, "d_equi": 256, "ssl_objective": "vicreg"},
-    # Paper Table 4, SimCLR host.
-    "simclr-vit-s16": {"backbone_config": _VIT_S16, "d_patch": 512, "d_equi": 256, "ssl_objective": "simclr"},
-    # Paper Table 4, iBOT host (ViT-S/16 and ViT-L/16; iBOT masks patch tokens, so the encoder has a mask token).
-    "ibot-vit-s16": {
-        **_IBOT,
-        "backbone_config": {**_VIT_S16, "use_mask_token": True, "drop_path_rate": 0.1},
-    },
-    # iBOT's ViT-L/16 trains 250 epochs (the "1000 effective epochs" of the iBOT paper), so its epoch-based teacher
-    # schedules are fractions of 250; its weight-normalised last layer keeps norm 1, as main_ibot.py advises beyond
-    # ViT-S ("False with vit_small and True with vit_base").
-    "ibot-vit-l16": {
-        **_IBOT,
-        "backbone_config": {**_VIT_L16, "use_mask_token": True, "drop_path_rate": 0.1},
-        "dino_norm_last_layer": True,
-        "dino_warmup_teacher_temperature_steps": 30 / 250,
-        "dino_freeze_last_layer_steps": 1 / 250,
-    },
-    # Paper Table 4, DINOv2 host: ViT-L/16 for 100 ImageNet-1k epochs, DINOv2's `vitl16_short` configuration
-    # (facebookresearch/dinov2:dinov2/configs/ssl_default_config.yaml): 65 536 shared prototypes, KoLeo 0.1,
-    # momentum 0.992 → 1, teacher temperature 0.04 → 0.07 over 30 of 100 epochs, drop path 0.3, EMA centring (its
-    # ViT-L/14 and ViT-g/14 releases use Sinkhorn-Knopp: `dino_centering="sinkhorn_knopp"`).
-    "dinov2-vit-l16": {
-        "backbone_config": {**_VIT_L16, "use_mask_token": True, "drop_path_rate": 0.3},
-        "d_patch": 2048,
-        "d_equi": 512,
-        "ssl_objective": "dinov2",
-        "dino_out_dim": 65536,
-        "dino_warmup_teacher_temperature_steps": 0.3,
-        "dino_freeze_last_layer_steps": 0.01,
-        "teacher_momentum": 0.992,
-        "koleo_loss_weight": 0.1,
-    },
-    # Two CPU cores, minutes.
-    "tiny": _TINY,
-    # The tiny ViT as an iBOT host (mask token, 1024 shared prototypes), to try the DINO family on a CPU.
-    "tiny-ibot": {
-        **_TINY,
-        "backbone_config": {**_TINY["backbone_config"], "use_mask_token": True},
-        "ssl_objective": "ibot",
-        "dino_out_dim": 1024,
-        "dino_hidden_dim": 512,
-    },
-}
+def _build_backbone_config(backbone_config: PretrainedConfig | dict[str, Any] | None) -> PretrainedConfig:
+    if backbone_config is None:
+        return Dinov2Config(**{k: v for k, v in DEFAULT_BACKBONE.items() if k != "model_type"})
+    if isinstance(backbone_config, dict):
+        backbone_config = copy.deepcopy(backbone_config)
+        model_type = backbone_config.pop("model_type", None)
+        if model_type is None:
+            raise ValueError(
+                "`backbone_config` dict has no 'model_type': name the encoder family, e.g. "
+                "{'model_type': 'dinov2', 'hidden_size': 384, ...}."
+            )
+        return AutoConfig.for_model(model_type, **backbone_config)
+    if not isinstance(backbone_config, PretrainedConfig):
+        raise ValueError(
+            f"`backbone_config` must be a transformers PretrainedConfig, a dict or None, got "
+            f"{type(backbone_config).__name__}."
+        )
+    return backbone_config
 
 
-def _as_pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(value, (list, tuple)):
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
-
-
-class EquiReconConfig(PretrainedConfig):
+class EquiReconConfig(EquiReconConfigValidationMixin, BackboneConfigMixin, PretrainedConfig):
     r"""
     Configuration of an EquiRecon model: a transformers vision encoder whose tokens are projected to `d_patch`
     channels, split into an invariant part (host SSL objective) and an equivariant part (`d_equi` channels, read by
@@ -159,7 +72,8 @@ class EquiReconConfig(PretrainedConfig):
     Args:
         backbone_config (`PretrainedConfig` or `dict`, *optional*):
             Config of the encoder, any transformers ViT-family model (`dinov2`, `dinov2_with_registers`, `vit`, `deit`,
-            ...). Defaults to a ViT-S/16 `Dinov2Config` at 224².
+            ...). Defaults to a ViT-S/16 `Dinov2Config` at 224². An objective that masks patch tokens (iBOT, DINOv2)
+            turns its mask token on.
         d_patch (`int`, *optional*, defaults to 512):
             Channels of the per-token linear head on the encoder output.
         d_equi (`int`, *optional*, defaults to 256):
@@ -229,11 +143,17 @@ class EquiReconConfig(PretrainedConfig):
         decoder_patch_channels (`int`, *optional*, defaults to 8):
             Channels per pixel written by a decoder's linear layer, which maps each token to its own p×p patch.
         decoder_hidden_channels (`int`, *optional*, defaults to 8):
-            Width of the decoder's three hidden 3×3 convolutions. The convolutions run at full resolution, so their
+            Width of the decoder's three hidden convolutions. The convolutions run at full resolution, so their
             width sets the cost of the auxiliary task (`benchmarks/step_overhead.py`): 8/8 keeps ViT-S/16 at 224²
             within +10% step time; `docs/results.md` compares 8/8 with 16/32 for the effect itself. The decoders
             are initialised by fan-in, not with `initializer_range`, so their gradient reaches the encoder from
             the first step.
+        decoder_kernel_size (`int`, *optional*, defaults to 3):
+            Kernel size (odd) of the decoder's four convolutions, with 'same' padding.
+        decoder_dilation (`int`, *optional*, defaults to 1):
+            Dilation of the decoder's four convolutions. With `decoder_kernel_size`, the decoders' reach: each token
+            writes its own patch; the convolutions reach (kernel_size-1)*dilation/2 pixels per layer beyond it
+            (4 pixels in all with the defaults).
         transformation (`dict`, *optional*):
             The transformation family g and its ranges used in pretraining (see
             `equirecon.training.TransformationConfig`); recorded so evaluation and model cards know it.
@@ -244,9 +164,10 @@ class EquiReconConfig(PretrainedConfig):
         segmentation_head (`str`, *optional*, defaults to `"upernet"`):
             `"linear"` (BatchNorm + 1×1 conv on the last patch grid, the DINOv2 linear protocol) or `"upernet"`
             (feature pyramid from `out_indices` layers, PSP + FPN head).
-        out_indices (`list[int]`, *optional*):
-            Encoder hidden states (0 = embeddings, i = layer i) the UPerNet head reads; defaults to four evenly
-            spaced layers ending with the last.
+        out_features, out_indices (`list[str]`, `list[int]`, *optional*):
+            The stages (`stage_names`: "stem" = the embeddings, "stageI" = layer I) that `EquiReconBackbone` returns
+            and the UPerNet head reads, as in every transformers backbone config. Defaults to four evenly spaced
+            layers ending with the last (fewer for an encoder of fewer than four layers).
         segmentation_channels (`int`, *optional*, defaults to 512):
             Width of the UPerNet head.
         pool_scales (`list[int]`, *optional*, defaults to `[1, 2, 3, 6]`):
@@ -308,10 +229,13 @@ class EquiReconConfig(PretrainedConfig):
         koleo_loss_weight: float = 0.1,
         decoder_patch_channels: int = 8,
         decoder_hidden_channels: int = 8,
+        decoder_kernel_size: int = 3,
+        decoder_dilation: int = 1,
         transformation: dict[str, Any] | None = None,
         initializer_range: float = 0.02,
         freeze_backbone: bool = False,
         segmentation_head: str = "upernet",
+        out_features: list[str] | None = None,
         out_indices: list[int] | None = None,
         segmentation_channels: int = 512,
         pool_scales: list[int] | tuple[int, ...] = (1, 2, 3, 6),
@@ -321,23 +245,7 @@ class EquiReconConfig(PretrainedConfig):
         semantic_loss_ignore_index: int = 255,
         **kwargs: Any,
     ) -> None:
-        if backbone_config is None:
-            backbone_config = Dinov2Config(**{k: v for k, v in _VIT_S16.items() if k != "model_type"})
-        elif isinstance(backbone_config, dict):
-            backbone_config = copy.deepcopy(backbone_config)
-            model_type = backbone_config.pop("model_type", None)
-            if model_type is None:
-                raise ValueError(
-                    "`backbone_config` dict has no 'model_type': name the encoder family, e.g. "
-                    "{'model_type': 'dinov2', 'hidden_size': 384, ...}."
-                )
-            backbone_config = AutoConfig.for_model(model_type, **backbone_config)
-        elif not isinstance(backbone_config, PretrainedConfig):
-            raise ValueError(
-                f"`backbone_config` must be a transformers PretrainedConfig, a dict or None, got "
-                f"{type(backbone_config).__name__}."
-            )
-        self.backbone_config = backbone_config
+        self.backbone_config = _build_backbone_config(backbone_config)
         self.d_patch = d_patch
         self.d_equi = d_equi
         self.num_intermediates = num_intermediates
@@ -371,20 +279,41 @@ class EquiReconConfig(PretrainedConfig):
         self.koleo_loss_weight = koleo_loss_weight
         self.decoder_patch_channels = decoder_patch_channels
         self.decoder_hidden_channels = decoder_hidden_channels
+        self.decoder_kernel_size = decoder_kernel_size
+        self.decoder_dilation = decoder_dilation
         self.transformation = dict(transformation) if transformation is not None else dict(DEFAULT_TRANSFORMATION)
         self.initializer_range = initializer_range
         self.freeze_backbone = freeze_backbone
         self.segmentation_head = segmentation_head
-        self.out_indices = list(out_indices) if out_indices is not None else None
         self.segmentation_channels = segmentation_channels
         self.pool_scales = list(pool_scales)
         self.use_auxiliary_head = use_auxiliary_head
         self.auxiliary_loss_weight = auxiliary_loss_weight
         self.auxiliary_channels = auxiliary_channels
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
+        self._derive_mask_token()
+        # The stages follow the encoder's depth (a saved `stage_names` is that of the depth it was saved with).
+        kwargs.pop("stage_names", None)
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(**kwargs)
-        self._validate()
+        self.validate_backbone()  # the stages below need its depth
+        self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.backbone_config.num_hidden_layers + 1)]
+        if out_features is None and out_indices is None:
+            out_indices = self._default_out_indices()
+        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+        self.validate()
+
+    def _derive_mask_token(self) -> None:
+        """An objective that masks patch tokens needs the encoder's mask token: turn it on rather than ask for it.
+        (ViT and DeiT take it as a model argument, see `build_backbone`; their configs have no such field.)"""
+        if self.uses_masks and getattr(self.backbone_config, "use_mask_token", True) is False:
+            self.backbone_config = copy.deepcopy(self.backbone_config)
+            self.backbone_config.use_mask_token = True
+
+    def _default_out_indices(self) -> list[int]:
+        """Four evenly spaced layers ending with the last, each once (an encoder of fewer layers has fewer)."""
+        num_layers = self.backbone_config.num_hidden_layers
+        return sorted({max(1, round(num_layers * fraction)) for fraction in (0.25, 0.5, 0.75, 1.0)})
 
     @property
     def d_inv(self) -> int:
@@ -394,12 +323,12 @@ class EquiReconConfig(PretrainedConfig):
     @property
     def image_size(self) -> int:
         """Pretraining image size (square), from the backbone."""
-        return _as_pair(self.backbone_config.image_size)[0]
+        return as_pair(self.backbone_config.image_size)[0]
 
     @property
     def patch_size(self) -> int:
         """Encoder patch size (square), from the backbone."""
-        return _as_pair(self.backbone_config.patch_size)[0]
+        return as_pair(self.backbone_config.patch_size)[0]
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -424,11 +353,10 @@ class EquiReconConfig(PretrainedConfig):
 
     @property
     def segmentation_out_indices(self) -> list[int]:
-        """Hidden states the UPerNet head reads: `out_indices`, or four evenly spaced layers ending with the last."""
-        if self.out_indices is not None:
-            return self.out_indices
-        num_layers = self.backbone_config.num_hidden_layers
-        return [max(1, round(num_layers * fraction)) for fraction in (0.25, 0.5, 0.75, 1.0)]
+        """The stages the four levels of the UPerNet pyramid read, finest first: `out_indices` when it names four,
+        else four evenly spaced among them (a 2-layer encoder's [1, 2] gives [1, 1, 2, 2])."""
+        indices = self.out_indices
+        return [indices[round(level * (len(indices) - 1) / 3)] for level in range(4)]
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> EquiReconConfig:
@@ -436,114 +364,6 @@ class EquiReconConfig(PretrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
-
-    def _validate_dino_family(self) -> None:
-        for name in (
-            "dino_out_dim",
-            "dino_hidden_dim",
-            "dino_bottleneck_dim",
-            "ibot_out_dim",
-            "dino_sinkhorn_iterations",
-        ):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
-        for name in ("dino_student_temperature", "dino_teacher_temperature", "dino_warmup_teacher_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}.")
-        for name in ("dino_center_momentum", "teacher_momentum", "mask_probability"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)!r}.")
-        for name in ("dino_warmup_teacher_temperature_steps", "dino_freeze_last_layer_steps"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(
-                    f"`{name}` must be >= 0 (steps, or a fraction of the run if < 1), got {getattr(self, name)!r}."
-                )
-        for name in ("ibot_loss_weight", "koleo_loss_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
-        if self.dino_centering not in DINO_CENTERINGS:
-            raise ValueError(f"`dino_centering` must be one of {DINO_CENTERINGS}, got {self.dino_centering!r}.")
-        low_high = self.mask_ratio_range
-        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1] < 1:
-            raise ValueError(f"`mask_ratio_range` must be [low, high] with 0 < low <= high < 1, got {low_high!r}.")
-        if self.uses_masks and getattr(self.backbone_config, "use_mask_token", True) is False:
-            raise ValueError(
-                f"`ssl_objective` {self.ssl_objective!r} masks patch tokens, but the encoder has no mask token: set "
-                "`use_mask_token=True` in `backbone_config` (the 'ibot-vit-s16' and 'dinov2-vit-l16' presets do)."
-            )
-
-    def _validate(self) -> None:
-        """Fail at construction with the field, the value and what is allowed, never later inside `forward`."""
-        backbone = self.backbone_config
-        for attribute in ("hidden_size", "patch_size", "image_size", "num_channels"):
-            if not hasattr(backbone, attribute):
-                raise ValueError(
-                    f"`backbone_config` ({backbone.model_type}) has no `{attribute}`: EquiRecon needs a ViT-family "
-                    "encoder config such as Dinov2Config, ViTConfig or DeiTConfig."
-                )
-        image_h, image_w = _as_pair(backbone.image_size)
-        patch_h, patch_w = _as_pair(backbone.patch_size)
-        if image_h != image_w or patch_h != patch_w:
-            raise ValueError(
-                f"`backbone_config` image_size {backbone.image_size} and patch_size {backbone.patch_size} must be "
-                "square for pretraining."
-            )
-        if image_h % patch_h != 0:
-            raise ValueError(
-                f"`backbone_config.image_size` ({image_h}) must be a multiple of `backbone_config.patch_size` "
-                f"({patch_h}); use e.g. image_size={(image_h // patch_h) * patch_h or patch_h}."
-            )
-        if backbone.num_channels != 3:
-            raise ValueError(f"`backbone_config.num_channels` must be 3 (RGB), got {backbone.num_channels}.")
-        if not isinstance(self.d_patch, int) or self.d_patch < 2:
-            raise ValueError(f"`d_patch` must be an integer >= 2, got {self.d_patch!r}.")
-        if not isinstance(self.d_equi, int) or not 1 <= self.d_equi < self.d_patch:
-            raise ValueError(
-                f"`d_equi` must be an integer in [1, d_patch) = [1, {self.d_patch}) so that both parts are "
-                f"non-empty, got {self.d_equi!r}."
-            )
-        if not isinstance(self.num_intermediates, int) or self.num_intermediates < 1:
-            raise ValueError(
-                f"`num_intermediates` (K) must be an integer >= 1, got {self.num_intermediates!r} (the paper uses 2)."
-            )
-        if not self.reconstruction_weight >= 0:
-            raise ValueError(
-                f"`reconstruction_weight` (λ) must be >= 0, got {self.reconstruction_weight!r} "
-                "(the paper uses 1.0; 0.0 disables reconstruction)."
-            )
-        if not self.ssl_weight >= 0:
-            raise ValueError(f"`ssl_weight` must be >= 0, got {self.ssl_weight!r}.")
-        if self.ssl_objective not in SSL_OBJECTIVES:
-            raise ValueError(f"`ssl_objective` must be one of {SSL_OBJECTIVES}, got {self.ssl_objective!r}.")
-        for name in ("vicreg_sim_coeff", "vicreg_std_coeff", "vicreg_cov_coeff"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
-        if not self.simclr_temperature > 0:
-            raise ValueError(f"`simclr_temperature` must be > 0, got {self.simclr_temperature!r}.")
-        for name in ("vicreg_expander_dims", "simclr_projector_dims"):
-            dims = getattr(self, name)
-            if not dims or any(not isinstance(d, int) or d < 1 for d in dims):
-                raise ValueError(f"`{name}` must be a non-empty list of positive integers, got {dims!r}.")
-        self._validate_dino_family()
-        for name in ("decoder_patch_channels", "decoder_hidden_channels"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
-        if self.segmentation_head not in SEGMENTATION_HEADS:
-            raise ValueError(
-                f"`segmentation_head` must be one of {SEGMENTATION_HEADS}, got {self.segmentation_head!r}."
-            )
-        num_layers = self.backbone_config.num_hidden_layers
-        if self.out_indices is not None and (
-            len(self.out_indices) != 4 or any(not 0 <= i <= num_layers for i in self.out_indices)
-        ):
-            raise ValueError(
-                f"`out_indices` must be 4 hidden-state indices in [0, {num_layers}] (0 = embeddings), "
-                f"got {self.out_indices!r}."
-            )
-        if "family" not in self.transformation:
-            raise ValueError(
-                f"`transformation` must name its 'family' (e.g. {{'family': 'se2'}}), got {self.transformation!r}."
-            )
 
 
 __all__ = [

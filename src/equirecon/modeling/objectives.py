@@ -13,13 +13,14 @@ Self-contained (torch only) so that it travels with `save_pretrained` as Hub cus
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from .teacher import TeacherCentering, resolve_steps, sinkhorn_knopp, teacher_temperature_schedule
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -142,39 +143,6 @@ class SimCLRObjective(SSLObjective):
 # ---------------------------------------------------------------------------------------------- DINO family
 
 
-def resolve_steps(value: float, total_steps: int) -> int:
-    """A length given as steps (`value >= 1`) or as a fraction of the run (`value < 1`), the convention of
-    `TrainingArguments.warmup_steps`."""
-    return int(value) if value >= 1 else math.ceil(value * total_steps)
-
-
-def teacher_temperature_schedule(step: int, warmup_steps: int, start: float, end: float) -> float:
-    """Teacher temperature at optimizer step `step`: linear from `start` to `end` over `warmup_steps` steps (both
-    ends included), then `end`. Per step, as DINOv2 (`facebookresearch/dinov2:dinov2/train/train.py`,
-    `CosineScheduler(base_value=end, final_value=end, warmup_iters=..., start_warmup_value=start)` in
-    `dinov2/utils/utils.py`); DINO and iBOT step it per epoch (`main_dino.py: DINOLoss.teacher_temp_schedule`)."""
-    if step >= warmup_steps:
-        return end
-    if warmup_steps == 1:
-        return start
-    return start + (end - start) * step / (warmup_steps - 1)
-
-
-def teacher_momentum_schedule(step: int, total_steps: int, base: float, final: float = 1.0) -> float:
-    """EMA momentum of the teacher after optimizer step `step` (0-based) of `total_steps`: a half cosine from `base`
-    to `final` (`facebookresearch/dino:utils.py: cosine_scheduler(momentum_teacher, 1, epochs, niter_per_ep)`);
-    `final` once the run is over."""
-    if step >= total_steps:
-        return final
-    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * step / total_steps))
-
-
-def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
-    return tensor
-
-
 class WeightNormalizedLinear(nn.Module):
     """Bias-free linear layer with a weight-normalised matrix: row i is `weight_g[i] · weight[i] / ‖weight[i]‖`, as
     `nn.utils.weight_norm` gives DINO's last layer. With `learn_norm=False` the norm is fixed at 1 and there is no
@@ -247,70 +215,6 @@ class DINOHeads(nn.Module):
         return self.patch if self.patch is not None else self.cls
 
 
-class TeacherCentering(nn.Module):
-    """The EMA centre that DINO subtracts from the teacher's scores against collapse:
-    `center ← momentum·center + (1 − momentum)·mean of the step's teacher scores` over all processes
-    (`facebookresearch/dino:main_dino.py: DINOLoss.update_center`). A persistent buffer: it is saved with the model
-    and a resumed run continues from it.
-
-    The centre moves once per optimizer step, from the whole step's batch, as upstream's: `accumulate` adds each
-    micro-batch's scores (summed over all processes), and `step` applies their mean. Under gradient accumulation
-    every micro-batch of a step is centred by the same centre, and the step's batch is the union of its
-    micro-batches. The pending sums are plain tensors, not buffers, so they are neither saved nor broadcast by DDP;
-    they are empty between optimizer steps, where checkpoints are taken."""
-
-    def __init__(self, dim: int, momentum: float):
-        super().__init__()
-        self.momentum = momentum
-        self.register_buffer("center", torch.zeros(1, dim))
-        self._pending: torch.Tensor | None = None  # (dim + 1,): the step's summed scores, then their count
-
-    def forward(self, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Centred and sharpened teacher probabilities, `softmax((logits − center) / temperature)`."""
-        return F.softmax((teacher_logits.float() - self.center) / temperature, dim=-1)
-
-    @torch.no_grad()
-    def accumulate(self, teacher_logits: torch.Tensor) -> None:
-        """Add this micro-batch's teacher scores `(N, K)`, from all processes, to the step's pending sums."""
-        total = torch.cat([teacher_logits.float().sum(dim=0), teacher_logits.new_full((1,), len(teacher_logits))])
-        total = _all_reduce_sum(total.float())
-        self._pending = total if self._pending is None else self._pending + total
-
-    def discard(self) -> None:
-        """Forget the scores accumulated since the last step."""
-        self._pending = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        """Move the centre towards the mean of the scores accumulated since the last step, and clear them."""
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[-1] > 0:
-            batch_center = (pending[:-1] / pending[-1]).unsqueeze(0).to(self.center.device)
-            self.center.mul_(self.momentum).add_(batch_center, alpha=1 - self.momentum)
-
-
-@torch.no_grad()
-def sinkhorn_knopp(teacher_logits: torch.Tensor, temperature: float, num_iterations: int = 3) -> torch.Tensor:
-    """Sinkhorn-Knopp centring of teacher scores (N, K) → assignments (N, K) whose rows sum to 1 and whose prototype
-    totals are equalised over the global batch (DINOv2, after SwAV: `facebookresearch/dinov2:dinov2/loss/
-    dino_clstoken_loss.py: sinkhorn_knopp_teacher`). Sums span all processes. The global maximum is subtracted before
-    the exponential, which the first normalisation cancels, so large scores cannot overflow."""
-    logits = teacher_logits.float() / temperature
-    maximum = logits.max() if logits.numel() else logits.new_zeros(())
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(maximum, op=dist.ReduceOp.MAX)
-    assignments = torch.exp(logits - maximum).t()  # (K, N): prototypes × samples
-    num_prototypes = assignments.shape[0]
-    num_samples = _all_reduce_sum(logits.new_full((), assignments.shape[1]))
-    assignments /= _all_reduce_sum(assignments.sum())
-    for _ in range(num_iterations):
-        assignments /= _all_reduce_sum(assignments.sum(dim=1, keepdim=True))  # each prototype gets 1/K
-        assignments /= num_prototypes
-        assignments /= assignments.sum(dim=0, keepdim=True)  # each sample gets 1/N
-        assignments /= num_samples
-    return (assignments * num_samples).t()
-
-
 def distillation_cross_entropy(
     student_logits: torch.Tensor, teacher_probs: torch.Tensor, student_temperature: float
 ) -> torch.Tensor:
@@ -333,6 +237,17 @@ def dino_cls_loss(
     return torch.stack(terms).mean()
 
 
+def masked_token_index(bool_masked_pos: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The indices of the masked tokens of `bool_masked_pos` (..., N), one tensor per dimension, in its order:
+    `tokens[masked_token_index(masks)]` is `tokens[masks]`, gathered without copying `tokens` whole.
+
+    The one step of the masked-patch loss whose size depends on the data (a host sync on an accelerator; traced by
+    `torch.compile` with `torch._dynamo.config.capture_dynamic_output_shape_ops`). Gathering only these tokens keeps
+    the prototype heads off the unmasked ones: on all tokens, the student's patch head would cost about as much as
+    a ViT-S/16 encoder."""
+    return bool_masked_pos.nonzero(as_tuple=True)
+
+
 def masked_patch_loss(
     student_logits: torch.Tensor,
     teacher_probs: torch.Tensor,
@@ -342,9 +257,12 @@ def masked_patch_loss(
     """iBOT's masked-patch distillation. `student_logits` and `teacher_probs` (M, K) are the scores of the M masked
     tokens of `bool_masked_pos` (..., N) in its order; each image's cross-entropy is averaged over its masked tokens
     (an image without any counts 0) and the result averaged over all images (`facebookresearch/dinov2:dinov2/loss/
-    ibot_patch_loss.py: forward_masked`, the same value as iBOT's `main_ibot.py: iBOTLoss` loss2)."""
+    ibot_patch_loss.py: forward_masked`, the same value as iBOT's `main_ibot.py: iBOTLoss` loss2). M is read from
+    the scores' shape, so no step here waits for the device."""
     masks = bool_masked_pos.flatten(0, -2)
-    weights = (1.0 / masks.sum(dim=-1).clamp(min=1)).unsqueeze(-1).expand_as(masks)[masks]
+    counts = masks.sum(dim=-1)
+    image_of_token = torch.repeat_interleave(counts, output_size=len(student_logits))
+    weights = (1.0 / counts.clamp(min=1)).to(student_logits.device)[image_of_token]
     cross_entropy = distillation_cross_entropy(student_logits, teacher_probs, student_temperature)
     return (cross_entropy * weights).sum() / masks.shape[0]
 
@@ -366,10 +284,10 @@ class DINOObjective(SSLObjective):
     the student's CLS features and, optionally, Sinkhorn-Knopp centring). Reads the per-token invariant features of
     both views, from the student and from the teacher (which sees the views unmasked).
 
-    The teacher's temperature follows `teacher_temperature_schedule` at the step given by `set_progress` (the
-    trainer sets it from `global_step` at every optimizer step, so a resumed run continues the schedule exactly).
-    Before any progress is set the run's length is unknown: a warm-up given as a fraction is then over and the
-    teacher uses its final temperature. The centres collect the teacher's scores in training mode only (evaluating
+    The teacher's temperature is the one `set_teacher_temperature` last set (the training loop's
+    `TeacherSchedules.temperature`, from `global_step` at every optimizer step, so a resumed run continues the
+    schedule exactly). Before one is set the run's length is unknown: a warm-up given as a fraction is then over and
+    the teacher uses its final temperature. The centres collect the teacher's scores in training mode only (evaluating
     does not change the training state) and move once per optimizer step, when `step_centres` is called with the
     teacher's EMA update.
 
@@ -429,16 +347,18 @@ class DINOObjective(SSLObjective):
             if patch_loss_weight > 0
             else None
         )
-        self.step = 0
-        self.total_steps = 0
+        # Before the training loop sets one, the run's length is unknown: a warm-up given as a fraction is over.
+        self._teacher_temperature = teacher_temperature_schedule(
+            0, resolve_steps(warmup_teacher_temperature_steps, 0), warmup_teacher_temperature, teacher_temperature
+        )
 
     @property
     def uses_masks(self) -> bool:
         return self.patch_loss_weight > 0
 
-    def set_progress(self, step: int, total_steps: int) -> None:
-        """The optimizer step about to run (0-based) and the run's length, for the temperature schedule."""
-        self.step, self.total_steps = step, total_steps
+    def set_teacher_temperature(self, temperature: float) -> None:
+        """The teacher temperature for the coming forwards (the training loop's `TeacherSchedules.temperature`)."""
+        self._teacher_temperature = temperature
 
     @property
     def centerings(self) -> list[TeacherCentering]:
@@ -456,8 +376,7 @@ class DINOObjective(SSLObjective):
             centering.discard()
 
     def teacher_temperature(self) -> float:
-        warmup = resolve_steps(self.warmup_teacher_temperature_steps, self.total_steps)
-        return teacher_temperature_schedule(self.step, warmup, *self.teacher_temperature_range)
+        return self._teacher_temperature
 
     def make_teacher_heads(self) -> DINOHeads:
         """A copy of the student's heads for the teacher (its weights are set from the student before first use)."""
@@ -517,16 +436,17 @@ class DINOObjective(SSLObjective):
         masks: torch.Tensor,
         temperature: float,
     ) -> torch.Tensor:
+        index = masked_token_index(masks)
         with torch.no_grad():
             if self.patch_center_on_masked or self.centering == "sinkhorn_knopp":
-                teacher_logits = teacher_heads.patch_head(teacher_patches[masks]).float()
+                teacher_logits = teacher_heads.patch_head(teacher_patches[index]).float()
                 teacher_probs = self._teacher_probs(teacher_logits, self.patch_centering, temperature)
             else:  # iBOT centres on every patch token, masked or not
                 teacher_logits = teacher_heads.patch_head(teacher_patches).float()
-                teacher_probs = self.patch_centering(teacher_logits[masks], temperature)
+                teacher_probs = self.patch_centering(teacher_logits[index], temperature)
                 if self.training:
                     self.patch_centering.accumulate(teacher_logits.flatten(0, -2))
-        student_logits = self.heads.patch_head(student_patches[masks])
+        student_logits = self.heads.patch_head(student_patches[index])
         return masked_patch_loss(student_logits, teacher_probs, masks, self.student_temperature)
 
 
@@ -573,7 +493,6 @@ __all__ = [
     "SSLObjective",
     "SimCLRObjective",
     "VICRegObjective",
-    "TeacherCentering",
     "WeightNormalizedLinear",
     "build_objective",
     "dino_cls_loss",
@@ -582,9 +501,6 @@ __all__ = [
     "info_nce_loss",
     "koleo_loss",
     "masked_patch_loss",
-    "resolve_steps",
-    "sinkhorn_knopp",
-    "teacher_momentum_schedule",
-    "teacher_temperature_schedule",
+    "masked_token_index",
     "vicreg_loss",
 ]
