@@ -298,7 +298,8 @@ def main() -> None:
         "--group-by",
         default="crop",
         choices=("crop", "photo"),
-        help="folds of crops (one distribution, as the paper) or of photos (R² on photos the regressor never saw)",
+        help="folds of crops (θ read within photos the regressor has seen other crops of: not held out) or of photos "
+        "(R² on photos the regressor never saw)",
     )
     parser.add_argument("--regressor-epochs", type=int, default=None, help="at most (early stopping); default 100")
     parser.add_argument("--rows", nargs="+", default=None, choices=[RANDOM_INIT, *ROWS], metavar="ROW")

@@ -24,7 +24,7 @@ from equirecon.imaging.sources import (
 )
 from equirecon.imaging.transformations import TransformationConfig
 from equirecon.training import data
-from equirecon.training.data import build_transform_pair_dataset, collate_transform_pairs, num_skipped_images
+from equirecon.training.data import SKIPPED_IMAGES_KEY, build_transform_pair_dataset, collate_transform_pairs
 from equirecon.training.views import TransformPairMaker
 
 SIZE = 16
@@ -138,8 +138,11 @@ def test_image_folder_to_parquet_round_trips_into_balanced_shards(image_folder, 
 
 
 def test_a_missing_local_path_is_not_looked_up_on_the_hub(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither an image folder"):
+    with pytest.raises(FileNotFoundError, match="nowhere' does not exist"):
         load_images(str(tmp_path / "nowhere"))
+    (tmp_path / "notes.txt").write_text("not images")
+    with pytest.raises(FileNotFoundError, match="neither an image folder"):
+        load_images(str(tmp_path / "notes.txt"))
     with pytest.raises(FileNotFoundError, match="no files match"):
         load_images(str(tmp_path / "*.parquet"))
 
@@ -230,22 +233,22 @@ def test_dataloader_workers_have_distinct_augmentation_streams():
     assert len({tuple(t.tolist()) for t in torch.cat([first["transform_params"], second["transform_params"]])}) == 8
 
 
-def test_bad_images_are_converted_or_skipped_with_a_counted_warning(caplog):
+def test_bad_images_are_converted_or_skipped_with_a_warning_and_named_in_the_next_example(caplog):
     files = awkward_images()
     table = datasets.Dataset.from_dict(
         {"image": [{"bytes": content, "path": f"{name}.png"} for name, content in files.items()]},
         features=datasets.Features({"image": datasets.Image()}),
     )
-    before = num_skipped_images()
     with caplog.at_level(logging.WARNING, logger=data.__name__):
         examples = list(build_transform_pair_dataset(table, maker("all"), shuffle_seed=None))
     assert len(examples) == len(files) - 2
     assert all(
         e["pixel_values"].shape == (3, SIZE, SIZE) and torch.isfinite(e["pixel_values"]).all() for e in examples
     )
-    assert num_skipped_images() == before + 2
-    skipped = [r.getMessage() for r in caplog.records if "Skipped an undecodable image" in r.getMessage()]
-    assert len(skipped) == 2 and "(corrupt.png)" in skipped[0] and f"{before + 2} skipped so far" in skipped[1]
+    named = [name for example in examples for name in example[SKIPPED_IMAGES_KEY]]
+    assert named == ["corrupt.png", "truncated.png"]
+    skipped = [r.getMessage() for r in caplog.records if "Skipping an undecodable image" in r.getMessage()]
+    assert len(skipped) == 2 and "corrupt.png (" in skipped[0]
 
 
 def test_a_source_where_nothing_decodes_fails_loudly():

@@ -7,8 +7,10 @@
 * ``"lfw_subset"``: scikit-image's 200 greyscale 25×25 crops, faces vs non-faces (2 classes).
 
 They are tiny and easy, so they check that a pipeline works and rank features coarsely; they are no substitute
-for ImageNet-scale probes. Any other source works with a label column: a dataset saved with ``save_to_disk``, an
-image folder with one sub-folder per class, Parquet, a Hub name, or a ``datasets`` object.
+for ImageNet-scale probes. ``"fashion_mnist"`` (70,000 labelled 28² photos, ``train`` and ``test``) is read from a
+system package (:mod:`equirecon.imaging.fashion_mnist`). Any other source works with a label column: a dataset
+saved with ``save_to_disk``, an image folder with one sub-folder per class, Parquet, a Hub name, or a ``datasets``
+object.
 
 The split rule, the same everywhere: a built-in set has a fixed stratified 80/20 train/validation split (seed 0), so
 every probe and fine-tuning run sees the same held-out images. Another source uses the evaluation split named, else
@@ -32,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from ..imaging.decoding import decode_images
+from ..imaging.fashion_mnist import FASHION_MNIST, fashion_mnist_splits
 from ..imaging.sources import find_image_column, load_images, undecoded_images
 
 logger = logging.getLogger(__name__)
@@ -130,6 +133,8 @@ def load_labelled_splits(source: Any, *, config_name: str | None = None) -> data
     builtin = resolve_builtin_name(source)
     if builtin is not None:
         return datasets.DatasetDict(dict(_builtin_dataset(builtin)))
+    if source == FASHION_MNIST:
+        return fashion_mnist_splits()
     if isinstance(source, datasets.DatasetDict):
         return source
     if isinstance(source, datasets.Dataset):

@@ -15,7 +15,10 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["center_crop", "context_side", "reflect_into_box", "widen_box"]
+__all__ = ["CONTEXT_FILLS", "center_crop", "context_side", "reflect_into_box", "widen_box"]
+
+#: What lies beyond a photo's border in a context margin: its reflection (natural photos) or black.
+CONTEXT_FILLS: tuple[str, ...] = ("reflect", "black")
 
 Box = tuple[float, float, float, float]
 
@@ -55,9 +58,15 @@ def widen_box(box: Box, factor: float | tuple[float, float], photo_size: tuple[i
     return new_left, new_top, new_right, new_bottom
 
 
-def reflect_into_box(photo: np.ndarray, box: Box) -> tuple[np.ndarray, Box]:
-    """``photo`` (H, W, C) reflected at its border (OpenCV's REFLECT_101) far enough to hold ``box``, and the box in
-    the padded image's coordinates. Returns the photo itself when the box lies inside it."""
+def reflect_into_box(photo: np.ndarray, box: Box, fill: str = "reflect") -> tuple[np.ndarray, Box]:
+    """``photo`` (H, W, C) padded far enough to hold ``box``, and the box in the padded image's coordinates.
+    Returns the photo itself when the box lies inside it.
+
+    ``fill="reflect"`` reflects the photo at its border (OpenCV's REFLECT_101), the best guess for a natural photo's
+    surroundings; ``fill="black"`` pads with zeros, the true surroundings of an object photographed on black (as in
+    Fashion-MNIST), where a reflection would mirror parts of the object into view."""
+    if fill not in CONTEXT_FILLS:
+        raise ValueError(f"fill must be one of {CONTEXT_FILLS}, got {fill!r}")
     height, width = photo.shape[:2]
     left, top, right, bottom = box
     pad_left, pad_top = max(0, math.ceil(-left)), max(0, math.ceil(-top))
@@ -65,6 +74,9 @@ def reflect_into_box(photo: np.ndarray, box: Box) -> tuple[np.ndarray, Box]:
     if not (pad_left or pad_top or pad_right or pad_bottom):
         return photo, box
     offset_x, offset_y = pad_left, pad_top
+    if fill == "black":
+        padding = [(pad_top, pad_bottom), (pad_left, pad_right)] + [(0, 0)] * (photo.ndim - 2)
+        return np.pad(photo, padding), (left + offset_x, top + offset_y, right + offset_x, bottom + offset_y)
     padded = photo
     # np.pad's "reflect" is REFLECT_101; repeat while one reflection is not enough (a box over twice the photo).
     while pad_left or pad_top or pad_right or pad_bottom:

@@ -17,6 +17,8 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .fashion_mnist import FASHION_MNIST, fashion_mnist
+
 __all__ = [
     "EMBEDDED_PHOTOS",
     "EMBEDDED_VALIDATION_PHOTOS",
@@ -113,7 +115,8 @@ def load_images(
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Resolve ``source`` to one split of images.
 
-    ``source`` is ``"embedded"`` (:func:`embedded_photos`), a local image folder (``imagefolder``, labels dropped),
+    ``source`` is ``"embedded"`` (:func:`embedded_photos`), ``"fashion_mnist"``
+    (:func:`~equirecon.imaging.fashion_mnist.fashion_mnist`, read from a system package), a local image folder (``imagefolder``, labels dropped),
     a folder, file or glob of Parquet shards, a Hub dataset name (extra keyword arguments such as ``name`` or
     ``revision`` go to ``datasets.load_dataset``), or a ``datasets`` object (a dict is indexed by ``split``).
     ``image_column`` is checked when given. Streaming a single image folder gives one shard; convert it with
@@ -131,6 +134,10 @@ def load_images(
         dataset = embedded_photos(split)
         if streaming:
             dataset = dataset.to_iterable_dataset(num_shards=len(dataset))
+    elif str(source) == FASHION_MNIST:
+        dataset = fashion_mnist(split)
+        if streaming:
+            dataset = dataset.to_iterable_dataset(num_shards=16)
     else:
         dataset = _load_from_path_or_hub(str(source), split, streaming, load_dataset_kwargs)
     if image_column is not None:
@@ -156,7 +163,9 @@ def _load_from_path_or_hub(
         if not files:
             raise FileNotFoundError(f"no files match {source!r}")
         return datasets.load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming, **kwargs)
-    if source.startswith(("/", "./", "../", "~")) or path.exists():
+    if not path.exists() and source.startswith(("/", "./", "../", "~")):
+        raise FileNotFoundError(f"{source!r} does not exist")
+    if path.exists():
         raise FileNotFoundError(f"{source!r} is neither an image folder, a Parquet file nor a folder of them")
     return datasets.load_dataset(source, split=split, streaming=streaming, **kwargs)
 

@@ -24,7 +24,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..imaging.context import context_side, reflect_into_box, widen_box
+from ..imaging.context import CONTEXT_FILLS, context_side, reflect_into_box, widen_box
 from ..imaging.decoding import ImageLike, to_rgb_uint8
 from ..imaging.transformations import TransformationConfig
 from ..imaging.workers import seed_view_transform, worker_context
@@ -53,11 +53,13 @@ class ContextRandomResizedCrop(A.RandomResizedCrop):
 
     class InitSchema(A.RandomResizedCrop.InitSchema):
         context: float = 1.0
+        context_fill: str = "reflect"
 
     def __init__(
         self,
         size: tuple[int, int],
         context: float = 1.0,
+        context_fill: str = "reflect",
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (0.75, 4 / 3),
         interpolation: int = cv2.INTER_LINEAR,
@@ -75,6 +77,7 @@ class ContextRandomResizedCrop(A.RandomResizedCrop):
             p=p,
         )
         self.context = context
+        self.context_fill = context_fill
         self.view_size = size
         self.size = (context_side(size[0], context), context_side(size[1], context))
 
@@ -90,7 +93,7 @@ class ContextRandomResizedCrop(A.RandomResizedCrop):
         return {"crop_coords": (round(left), round(top), round(right), round(bottom))}
 
     def apply(self, img: np.ndarray, crop_coords: tuple[int, int, int, int], **params: Any) -> np.ndarray:
-        padded, box = reflect_into_box(img, crop_coords)
+        padded, box = reflect_into_box(img, crop_coords, fill=self.context_fill)
         return super().apply(padded, tuple(int(round(v)) for v in box), **params)
 
 
@@ -104,6 +107,7 @@ def build_view_transform(
     seed: int | None = None,
     view: Literal[1, 2, "local"] = 1,
     context: float = 1.0,
+    context_fill: str = "reflect",
 ) -> A.Compose:
     """An albumentations pipeline from an RGB uint8 HWC image to a normalised float32 (3, S, S) tensor: the view
     (``size`` pixels square) inside a context margin, S = :func:`~equirecon.imaging.context.context_side` (size,
@@ -117,7 +121,8 @@ def build_view_transform(
     ``"none"`` resizes the short side and centre-crops (deterministic, e.g. for evaluation). Shrinking uses area
     averaging, as torchvision's antialiased PIL resize does. The crop box is drawn for the view alone, so its scale
     and aspect distribution do not depend on ``context``; the margin is the photo around it
-    (:mod:`equirecon.imaging.context`). ``seed`` makes the pipeline reproducible (see
+    (:mod:`equirecon.imaging.context`), reflected where it leaves the photo, or black with
+    ``context_fill="black"`` (objects on black, as Fashion-MNIST). ``seed`` makes the pipeline reproducible (see
     :func:`seed_view_transform`); :class:`TransformPairMaker` reseeds it per worker anyway.
     """
     if preset not in VIEW_PRESETS:
@@ -132,18 +137,31 @@ def build_view_transform(
 
     if not context >= 1.0:
         raise ValueError(f"context must be >= 1 (a multiple of the view's side), got {context!r}")
+    if context_fill not in CONTEXT_FILLS:
+        raise ValueError(f"context_fill must be one of {CONTEXT_FILLS}, got {context_fill!r}")
     output_size = context_side(size, context)
     crop: list[A.BasicTransform]
     if preset == "none":
         crop = [
             A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_CUBIC, area_for_downscale="image"),
-            A.PadIfNeeded(output_size, output_size, border_mode=cv2.BORDER_REFLECT_101),
+            A.PadIfNeeded(
+                output_size,
+                output_size,
+                border_mode=cv2.BORDER_REFLECT_101 if context_fill == "reflect" else cv2.BORDER_CONSTANT,
+                fill=0,
+            ),
             A.CenterCrop(output_size, output_size),
         ]
     else:
         crop_options: dict[str, Any] = {"scale": (low, high), "interpolation": cv2.INTER_CUBIC}
         crop = [
-            ContextRandomResizedCrop(size=(size, size), context=context, area_for_downscale="image", **crop_options)
+            ContextRandomResizedCrop(
+                size=(size, size),
+                context=context,
+                context_fill=context_fill,
+                area_for_downscale="image",
+                **crop_options,
+            )
             if context > 1
             else A.RandomResizedCrop(size=(size, size), area_for_downscale="image", **crop_options)
         ]
@@ -183,7 +201,8 @@ class TransformPairMaker:
 
     ``u`` (``base_pixel_values``) is ``base_size`` pixels square: the view plus a context margin of
     ``context`` × ``size`` (default: :attr:`TransformationConfig.context_ratio`, the least that keeps the largest θ
-    inside real pixels; 1 for black fill). v1 is ``size`` pixels square.
+    inside real pixels; 1 for black fill), reflected beyond the photo's border or black (``context_fill``, see
+    :func:`build_view_transform`). v1 is ``size`` pixels square.
 
     With a ``mask_generator`` (iBOT, DINOv2: :meth:`BlockMaskGenerator.from_config`), each example also carries
     ``bool_masked_pos`` (2, num_patches): the student's masks of v1 and v2, from a random stream of their own.
@@ -205,6 +224,7 @@ class TransformPairMaker:
         rank: int | None = None,
         min_image_size: int = 32,
         context: float | None = None,
+        context_fill: str = "reflect",
         mask_generator: BlockMaskGenerator | None = None,
         num_local_crops: int = 0,
         local_size: int = 96,
@@ -236,7 +256,9 @@ class TransformPairMaker:
         # draws real pixels instead of black fill; the trainer crops the view from the centre after g_θ.
         # build_view_transform checks the ratio.
         self.view1 = build_view_transform(view_preset, size, view=1, **common)
-        self.view2 = build_view_transform(view_preset, size, view=2, context=ratio, **common)
+        self.view2 = build_view_transform(
+            view_preset, size, view=2, context=ratio, context_fill=context_fill, **common
+        )
         self.base_size = context_side(size, ratio)
         self.local_view = (
             build_view_transform(
