@@ -77,6 +77,10 @@ def test_equivariance_on_embedded_photos_writes_json_and_bar_chart(vit_dir, tmp_
     assert document["settings"]["num_images"] == 4 and document["settings"]["protocol"] == "cross-validation by crop"
     assert [entry["metric_name"] for entry in document["eval_results"]] == ["R² rotation", "R² color", "R² mean"]
     assert "4 embedded validation photos" in caplog.text  # says which default set was used
+    # Says how long it will take before it starts: the encoding passes and the regressors' folds, fits and epochs.
+    estimate = next(record.getMessage() for record in caplog.records if "estimated time" in record.getMessage())
+    assert "encoding 96 crops × 3 passes" in estimate
+    assert "1 of 5 fold(s) × 4 regressors (2 families + 2 θ-shuffled controls) × ~3 epochs" in estimate
     chart = output.with_name("equivariance_r2.png")
     with Image.open(chart) as image:
         assert image.format == "PNG" and image.width > 300

@@ -43,6 +43,8 @@ from ..evaluation.arguments import (
     EvaluateModelArguments,
     EvaluateRunArguments,
 )
+from ..imaging.fashion_mnist import FASHION_MNIST
+from ..imaging.fashion_mnist import check_installed as check_fashion_mnist
 
 logger = logging.getLogger("equirecon.evaluate")
 
@@ -99,7 +101,7 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
 
 def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[dict[str, Any], Any, str]:
     from ..evaluation.cache import FeatureCache
-    from ..evaluation.equivariance import run_equivariance_benchmark
+    from ..evaluation.equivariance import dataset_settings, family_configs, run_equivariance_benchmark
     from ..evaluation.regression import RegressorConfig
     from ..imaging.decoding import decode_images
     from ..imaging.sources import (
@@ -110,6 +112,8 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
         undecoded_images,
     )
 
+    settings = dataset_settings(args.dataset)
+    group_by = settings["group_by"] if args.group_by == "auto" else args.group_by
     test_images = None
     if args.dataset == "embedded" and args.split == "train" and args.test_split is None:
         # The photos an equirecon model pretrained on the embedded set has not seen (`--split all` adds the others).
@@ -119,7 +123,7 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
             "images: the %d embedded validation photos (%s), cross-validated by %s (%d folds)",
             len(images),
             ", ".join(EMBEDDED_VALIDATION_PHOTOS),
-            args.group_by,
+            group_by,
             args.folds,
         )
     else:
@@ -133,7 +137,7 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
             args.split,
             f", held out: split {args.test_split!r}"
             if args.test_split
-            else f", cross-validated by {args.group_by} ({args.folds} folds)",
+            else f", cross-validated by {group_by} ({args.folds} folds)",
         )
     column = find_image_column(images, args.image_column)
     # Decoded here, skipping (and counting) files that cannot be read, so one bad photo does not end the run.
@@ -150,19 +154,21 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
         standardize_inputs=not args.no_standardize,
         standardize_targets=not args.no_standardize,
     )
+    if args.dataset == FASHION_MNIST and "color" in args.families:
+        logger.info("fashion_mnist is greyscale: the colour family is brightness and contrast alone")
     result = run_equivariance_benchmark(
         model,
         images,
         test_images=test_images,
-        families=args.families,
+        families=family_configs(args.families, args.dataset),
         feature=args.feature,
         num_crops=args.num_crops,
         folds=args.folds,
-        group_by="photo" if test_images is not None else args.group_by,
+        group_by="photo" if test_images is not None else group_by,
         scored_folds=args.scored_folds,
         input_spec=spec,
-        crop_scale=tuple(args.crop_scale),
-        border=args.border,
+        crop_scale=tuple(args.crop_scale or settings["crop_scale"]),
+        border=settings["border"] if args.border == "auto" else args.border,
         regressor=regressor,
         multioutput="per_output" if args.per_output else "global",
         batch_size=args.batch_size,
@@ -283,17 +289,41 @@ def _summary(task: str, report: dict[str, Any]) -> str:
 
 def _result_lines(task: str, results: dict[str, Any]) -> str:
     if task == "equivariance":
-        names = list(results["r2"])
-        lines = [
-            f"Equivariance R² ({results['r2_convention']}), feature {results['feature']}:",
-            "| " + " | ".join(f"R² {n}" for n in names) + " | mean |",
-            "|---" * (len(names) + 1) + "|",
-            "| " + " | ".join(f"{results['r2'][n]:.3f}" for n in names) + f" | {results['mean_r2']:.3f} |",
-        ]
-        return "\n".join(lines)
+        from ..reporting import equivariance_table, lowered_by_training
+
+        heading = f"Equivariance R² ({results['r2_convention']}), feature {results['feature']}, with its controls:"
+        return "\n".join([heading, equivariance_table(results), *lowered_by_training(results)])
+    reference = results.get("reference")
     if task == "knn":
-        return "k-NN top-1: " + ", ".join(f"k={k}: {v:.4f}" for k, v in results["top1"].items())
-    return f"linear probe top-1: {results['accuracy']:.4f} (weight decay {results['weight_decay']:g})"
+        line = "k-NN top-1: " + ", ".join(f"k={k}: {v:.4f}" for k, v in results["top1"].items())
+        control = reference and ", ".join(f"k={k}: {v:.4f}" for k, v in reference["top1"].items())
+    else:
+        line = f"linear probe top-1: {results['accuracy']:.4f} (weight decay {results['weight_decay']:g})"
+        control = reference and f"{reference['accuracy']:.4f} (weight decay {reference['weight_decay']:g})"
+    return line + (f"\n  the control, {reference['label']}: {control}" if reference else "")
+
+
+def _reference_label(args: argparse.Namespace) -> str:
+    if args.reference == "random":
+        return f"random initialisation (the same architecture, untrained, seed {args.seed})"
+    return f"reference model {args.reference}"
+
+
+def _reference_model(args: argparse.Namespace, model: Any) -> Any:
+    """The control encoder `--reference` names: the model's architecture at random initialisation, or a checkpoint."""
+    import torch
+    from transformers import AutoModel
+
+    from ..evaluation.loading import load_model
+
+    if args.reference != "random":
+        reference, _ = load_model(
+            args.reference, trust_remote_code=args.trust_remote_code, device=args.device, dtype=args.dtype
+        )
+        return reference
+    torch.manual_seed(args.seed)
+    reference = AutoModel.from_config(model.config, trust_remote_code=args.trust_remote_code, dtype=model.dtype)
+    return reference.eval().requires_grad_(False).to(model.device)
 
 
 def _json_default(value: Any) -> Any:
@@ -330,6 +360,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         datasets.disable_progress_bars()
         transformers_logging.disable_progress_bar()
+    if args.dataset == FASHION_MNIST:  # a missing system package stops before the model is loaded
+        try:
+            check_fashion_mnist()
+        except FileNotFoundError as error:
+            print(f"equirecon evaluate {args.task}: error: {error}", file=sys.stderr)
+            return 2
     try:
         from .. import __version__
         from ..evaluation.loading import load_model
@@ -343,11 +379,24 @@ def _evaluate(args: argparse.Namespace) -> int:
             image_size=args.image_size,
         )
         logger.info("model: %s (%s), input %s", args.model, type(model).__name__, spec.image_size)
-        if args.task == "equivariance":
-            report, result, dataset_name = _run_equivariance(args, model, spec)
-        else:
-            report, dataset_name = _run_probe(args, model, spec)
-            result = None
+        encoders = {args.model: model}
+        if args.reference != "none":  # the control, scored on the same data
+            encoders[_reference_label(args)] = _reference_model(args, model)
+        reports, results = {}, {}
+        for label, encoder in encoders.items():
+            logger.info("scoring %s", label)
+            if args.task == "equivariance":
+                reports[label], results[label], dataset_name = _run_equivariance(args, encoder, spec)
+            else:
+                reports[label], dataset_name = _run_probe(args, encoder, spec)
+        report, result = reports.pop(args.model), results.get(args.model)
+        for label, control in reports.items():  # next to the model's results, in the shape `equirecon pretrain` writes
+            control = control["results"]
+            report["results"]["reference"] = (
+                {"label": label, "read_outs": {control["feature"]: control}}
+                if args.task == "equivariance"
+                else {"label": label, **control}
+            )
     except (ValueError, FileNotFoundError, OSError, ImportError) as error:
         print(f"equirecon evaluate {args.task}: error: {error}", file=sys.stderr)
         return 1
@@ -378,7 +427,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         plot_path = args.plot or (args.output.with_name(args.output.stem + "_r2.png") if args.output else None)
         if plot_path is not None:
-            plot_equivariance(result, plot_path, title=f"{args.model}: equivariance R² ({result.feature} features)")
+            title = f"{args.model}: equivariance R² ({result.feature} features)"
+            plot_equivariance(results, plot_path, title=title)
             print(f"bar chart written to {plot_path}")
     return 0
 

@@ -22,7 +22,8 @@ from .metric_modules import load_metric, metric_path
 from .metrics import accuracy, r2_score, top_k_accuracy
 from .plotting import plot_equivariance
 from .probes import KNNProbeResult, LinearProbeResult, knn_probe, linear_probe
-from .regression import MLPRegressor, RegressorConfig, fit_mlp_regressor
+from .regression import MLPRegressor, RegressorConfig, fit_mlp_regressor, fit_mlp_regressors
+from .scores import score_families
 from .segmentation import (
     ConfusionMatrix,
     SegmentationMetric,
@@ -50,6 +51,7 @@ __all__ = [
     "confusion_matrix",
     "encode_images",
     "fit_mlp_regressor",
+    "fit_mlp_regressors",
     "knn_probe",
     "linear_probe",
     "load_labelled_images",
@@ -63,6 +65,7 @@ __all__ = [
     "pool_features",
     "r2_score",
     "run_equivariance_benchmark",
+    "score_families",
     "score_feature_pairs",
     "top_k_accuracy",
 ]

@@ -33,6 +33,14 @@ class EvaluateModelArguments:
         default=None, metadata={"help": "Model weights' dtype on load.", "choices": ["float32", "bfloat16", "float16"]}
     )
     batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
+    reference: str = field(
+        default="random",
+        metadata={
+            "help": "The control scored next to --model, on the same data: 'random' (the model's architecture at "
+            "random initialisation, seeded by --seed), a checkpoint (e.g. the one --model was trained from), or "
+            "'none'."
+        },
+    )
 
 
 @dataclass
@@ -47,12 +55,15 @@ class EvaluateDataArguments:
             "sub-folders, a saved dataset, Parquet, or a Hub dataset."
         },
     )
-    split: str = field(default="train", metadata={"help": "Dataset split to use (to train on, for probes)."})
+    split: str = field(
+        default="train", metadata={"help": "Dataset split to use (to fit the probes or the θ regressor on)."}
+    )
     test_split: str | None = field(
         default=None,
         metadata={
             "help": "Held-out split. knn/linear default: the dataset's evaluation split, else part of --split. "
-            "equivariance: without it, the regressor is cross-validated by photo over --split."
+            "equivariance: the regressor is fitted on --split and scored on this split's images (the paper's "
+            "protocol); without it, cross-validated over --split (--group_by)."
         },
     )
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: found automatically)."})
@@ -75,8 +86,9 @@ class EvaluateRunArguments:
 @dataclass
 class EquivarianceArguments:
     """R² of regressing transformation parameters from (I, g(I)) features (paper Table 1): for each family, regress
-    θ from the frozen features of a crop and its transformed copy with SIE's MLP; report R² on crops of photos the
-    regressor never saw (cross-validated by photo)."""
+    θ from the frozen features of a crop and its transformed copy with SIE's MLP; report R² on crops the regressor
+    was not fitted on: of held-out images with --test_split (the paper's protocol), else cross-validated by crop or
+    by photo (--group_by)."""
 
     families: list[str] = field(
         default_factory=lambda: ["rotation", "color", "blur", "translation"],
@@ -95,26 +107,35 @@ class EquivarianceArguments:
         default=5, metadata={"help": "Cross-validation folds (with --test_split: 1/folds stops the fit)."}
     )
     group_by: str = field(
-        default="crop",
+        default="auto",
         metadata={
-            "help": "Folds of crops (train and test from one distribution, as the paper's ImageNet protocol; "
-            "default) or of photos (R² on photos the regressor never saw; needed with --test_split).",
-            "choices": ("crop", "photo"),
+            "help": "Folds of crops (θ read within photos the regressor has seen other crops of: not held out) or of "
+            "photos (R² on photos the regressor never saw). auto: crop for a few photos, photo for fashion_mnist. "
+            "Ignored with --test_split, which holds out whole images.",
+            "choices": ("auto", "crop", "photo"),
         },
     )
     scored_folds: int | None = field(
-        default=None, metadata={"help": "Score only this many folds (1: one split, a fifth of the cost)."}
+        default=1,
+        metadata={
+            "help": "Folds fitted and scored: 1 (default) is one split, the regressor fitted on 3/5 of the crops, "
+            "stopped on 1/5 and scored on 1/5; --scored_folds 5 (= --folds) scores every crop, at 5 times the cost."
+        },
     )
-    crop_scale: list[float] = field(
-        default_factory=lambda: [0.25, 1.0],
-        metadata={"help": "Crop area range MIN MAX, as a fraction of the largest crop of the photo."},
+    crop_scale: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Crop area range MIN MAX, as a fraction of the largest crop of the photo (default 0.25 1; 1 1, "
+            "the whole image, for fashion_mnist)."
+        },
     )
     border: str = field(
-        default="context",
+        default="auto",
         metadata={
-            "help": "What rotation/translation bring in at the crop border: the surrounding photo (default; θ cannot "
-            "be read off black corners) or black fill.",
-            "choices": ("context", "fill"),
+            "help": "What rotation/translation bring in at the crop border: the surrounding photo (context; θ cannot "
+            "be read off black corners) or black fill. auto: context, or fill for fashion_mnist, whose objects lie "
+            "on black.",
+            "choices": ("auto", "context", "fill"),
         },
     )
     per_output: bool = field(
@@ -130,7 +151,7 @@ class EquivarianceArguments:
     no_plot: bool = field(default=False, metadata={"help": "Do not write the PNG."})
 
     def __post_init__(self) -> None:
-        if len(self.crop_scale) != 2:
+        if self.crop_scale is not None and len(self.crop_scale) != 2:
             raise ValueError(f"--crop_scale takes two numbers (MIN MAX), got {self.crop_scale}")
 
 

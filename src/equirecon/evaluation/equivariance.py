@@ -4,9 +4,12 @@ For each transformation family g (rotation, colour, blur, translation; SE(2) or 
 
 1. draw θ uniformly from the family's ranges (paper Table 2) for every benchmark image I;
 2. encode I and g_θ(I) with the frozen model (one pooled feature kind, see :mod:`.features`);
-3. fit the SIE regressor ``[f(I); f(g_θ(I))] → θ`` on images cut from some photos, early-stopped on others;
-4. report R² on images cut from photos the regressor never saw: cross-validated by photo, so that every photo is
-   scored once (or on explicitly held-out photos).
+3. fit the SIE regressor ``[f(I); f(g_θ(I))] → θ`` on some images, early-stopped on others;
+4. report R² on images the regressor was not fitted on. Three protocols, from strictest to loosest: held-out images
+   (``test_images``: the regressor is fitted on one split and scored on another, the paper's protocol on ImageNet);
+   folds of photos (``group_by="photo"``: no crop of a scored photo was fitted on); folds of crops
+   (``group_by="crop"``, the default for a handful of photos: θ is read within photos the regressor has seen other
+   crops of, so it may learn a per-photo map from feature change to θ, and R² is not a held-out figure).
 
 A feature that keeps the transformation lets the regressor recover θ (R² → 1); an invariant feature does not
 (R² ≈ 0). The benchmark images are random crops of the evaluation photos at the model's resolution (see
@@ -38,6 +41,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..imaging.context import center_crop, context_side
+from ..imaging.fashion_mnist import EQUIVARIANCE_SETTINGS as FASHION_MNIST_SETTINGS
+from ..imaging.fashion_mnist import FASHION_MNIST
 from ..imaging.transformations import TransformationConfig, apply_transformation
 from .cache import FeatureCache, cache_key, model_fingerprint
 from .crops import CropSet, as_photos
@@ -45,12 +50,22 @@ from .features import FeatureExtractor, eval_mode
 from .loading import InputSpec, resolve_device
 from .metrics import R2Convention
 from .regression import RegressorConfig
-from .scores import MULTIOUTPUT, EquivarianceResult, FamilyResult, score_feature_pairs
+from .scores import (
+    MULTIOUTPUT,
+    EquivarianceResult,
+    FamilyResult,
+    RegressionCost,
+    regression_cost,
+    score_families,
+    score_feature_pairs,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_FAMILIES",
+    "PHOTO_SETTINGS",
+    "dataset_settings",
     "EquivarianceResult",
     "FamilyResult",
     "run_equivariance_benchmark",
@@ -59,8 +74,29 @@ __all__ = [
 
 #: The families of the paper's Table 1, in its column order.
 DEFAULT_FAMILIES: tuple[str, ...] = ("rotation", "color", "blur", "translation")
+#: How the benchmark reads a handful of natural photos: many crops of each, from a quarter of the photo to all of it,
+#: with the photo around each crop as its context, in folds of crops (θ read within photos the regressor has seen
+#: other crops of; folds of photos ask what transfers to unseen photos).
+PHOTO_SETTINGS: dict[str, Any] = {"crop_scale": (0.25, 1.0), "border": "context", "group_by": "crop"}
+
+
+def dataset_settings(dataset: Any) -> dict[str, Any]:
+    """The benchmark's settings for a named dataset (``crop_scale``, ``border``, ``group_by``, and the families'
+    ranges where the data needs its own): Fashion-MNIST's (:data:`equirecon.imaging.fashion_mnist.
+    EQUIVARIANCE_SETTINGS`), else those for photos."""
+    if isinstance(dataset, str) and dataset == FASHION_MNIST:
+        return dict(FASHION_MNIST_SETTINGS)
+    return dict(PHOTO_SETTINGS)
+
+
+def family_configs(names: Sequence[str], dataset: Any = None) -> dict[str, TransformationConfig]:
+    """``{name: TransformationConfig}`` for the families ``names``, with the ranges ``dataset`` needs."""
+    ranges = dataset_settings(dataset).get("family_ranges", {})
+    return {name: TransformationConfig(family=name, **ranges.get(name, {})) for name in names}
+
+
 # Bump when the feature-extraction pipeline changes, so old cache entries are not reused.
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3  # 3: crops cut from a downscaled copy of each photo (crops.py)
 
 
 def _family_configs(
@@ -112,28 +148,33 @@ def _benchmark_crops(
     crop_scale: tuple[float, float],
     seed: int,
 ) -> tuple[CropSet, list[int] | None]:
-    """``num_crops`` crops drawn uniformly over the photos of ``images`` and ``test_images``, and the indices of the
-    held-out photos (``test_images``'s), if any."""
+    """``num_crops`` crops drawn uniformly over the photos of ``images``, and as many over those of ``test_images``
+    if given, with the indices of the held-out photos (``test_images``'s)."""
     photos = as_photos(images, image_column=image_column, max_images=max_images)
-    test_ids = None
-    if test_images is not None:
-        held_out = as_photos(test_images, image_column=image_column, max_images=max_images)
-        if not photos or not held_out:
-            raise ValueError("images and test_images must each contain at least one photo.")
-        test_ids = list(range(len(photos), len(photos) + len(held_out)))
-        photos = photos + held_out
     if not photos:
         raise ValueError("the equivariance benchmark needs at least one photo, got none.")
     generator = np.random.default_rng([seed, 2])
-    crops = CropSet.sample(
-        tuple(photos),
-        range(len(photos)),
-        num_crops,
-        size,
-        scale=crop_scale,
-        context_size=context_size,
-        generator=generator,
-    )
+
+    def sample(photo_ids: range) -> CropSet:
+        return CropSet.sample(
+            tuple(photos),
+            photo_ids,
+            num_crops,
+            size,
+            scale=crop_scale,
+            context_size=context_size,
+            generator=generator,
+        )
+
+    if test_images is None:
+        return sample(range(len(photos))), None
+    held_out = as_photos(test_images, image_column=image_column, max_images=max_images)
+    if not held_out:
+        raise ValueError("test_images must contain at least one photo.")
+    test_ids = list(range(len(photos), len(photos) + len(held_out)))
+    photos += held_out
+    # As many scored crops as fitted ones, however many photos each split has.
+    crops = CropSet.concatenate(sample(range(test_ids[0])), sample(range(test_ids[0], len(photos))))
     return crops, test_ids
 
 
@@ -177,23 +218,24 @@ def run_equivariance_benchmark(
             At least 3 for cross-validation by photo.
         families: family names (``"rotation"``, ``"color"``, ``"blur"``, ``"translation"``, ``"se2"``), or
             ``TransformationConfig`` objects for other ranges, or a mapping ``{name: config}``.
-        feature: the feature kind (:mod:`.features`); ``"auto"``: ``"pooled"`` for EquiRecon, else
-            ``"mean_patch"``.
-        num_crops: number of crops (each with its own θ), drawn uniformly over the photos.
-        folds: cross-validation by photo (:func:`.scores.score_feature_pairs`): the photos are dealt into ``folds``
-            folds, each fold's crops are scored by a regressor fitted on the other folds' crops and early-stopped
-            on the next fold's, and R² is computed over all crops.
+        feature: the feature kind (:mod:`.features`); ``"auto"``: the backbone's mean patch token, for every
+            model.
+        num_crops: number of crops (each with its own θ), drawn uniformly over the photos; with ``test_images``,
+            as many again over the held-out photos.
+        folds: cross-validation (:func:`.scores.score_feature_pairs`): the crops (or photos, see ``group_by``) are
+            dealt into ``folds`` folds, each fold is scored by a regressor fitted on the other folds and
+            early-stopped on the next fold, and R² is computed over all scored crops.
         scored_folds: score only the first ``scored_folds`` folds (``1``: one train/validation/test split, at a
             ``folds``-th of the cost); default: every fold, every crop scored.
-        group_by: what the folds are made of. ``"crop"`` (default): folds of crops, as when train and test images
-            are drawn from one distribution (the paper's protocol on ImageNet). θ is drawn independently for every
-            crop, so no fold can learn θ from a photo's identity: R² > 0 needs features that carry θ, for content
-            like the training crops'. ``"photo"``: no regressor sees a pixel of the photo it scores, so R² measures
-            what transfers to new photos; with a handful of photos that is close to nothing for any encoder
-            (measured: docs/results.md).
-        test_images: held-out photos for one fixed split instead of cross-validation (with ``group_by="photo"``): the regressor is fitted on
-            the crops of ``images`` (early-stopped on a ``1/folds`` share of those photos) and scored on the crops
-            of these.
+        group_by: what the folds are made of. ``"crop"`` (default): folds of crops. θ is drawn independently for
+            every crop, so no fold can learn θ from a photo's identity, but crops of one photo sit in the training
+            and the scored folds, so θ is read within photos the regressor has seen: not a held-out figure.
+            ``"photo"``: no regressor sees a pixel of the photo it scores, so R² measures what transfers to new
+            photos; with a handful of photos that is close to nothing for any encoder (docs/results.md). With
+            thousands of images (Fashion-MNIST) use ``"photo"`` or ``test_images``.
+        test_images: held-out photos for one fixed split instead of cross-validation (with ``group_by="photo"``):
+            the regressor is fitted on the crops of ``images`` (early-stopped on a ``1/folds`` share of those
+            photos) and scored on the crops of these.
         input_spec: resolution and normalisation; default: the model config's ``image_size`` with ImageNet
             statistics (use :func:`.loading.load_model` to get the checkpoint's own).
         image_size: overrides the resolution of ``input_spec``.
@@ -204,7 +246,7 @@ def run_equivariance_benchmark(
             corners; it must come from the content. ``"fill"``: the crop itself is transformed and filled black
             (the shortcut this benchmark otherwise rules out). Non-geometric families always transform the crop itself (colour's
             contrast is relative to the crop's own mean).
-        regressor: the θ regressor's hyper-parameters (default: SIE's MLP, 50 epochs).
+        regressor: the θ regressor's hyper-parameters (default: SIE's MLP, at most 100 epochs, early-stopped).
         multioutput: ``"global"`` (SIE's convention, default) or ``"per_output"`` for the headline R².
         batch_size: images per forward pass.
         device: where to run the model and the regressor (default: the model's device).
@@ -254,7 +296,7 @@ def run_equivariance_benchmark(
 
         # One 1-image forward first: resolves "auto" and fails early (before any encoding) on an unavailable kind.
         checker = FeatureExtractor(model, kinds=(feature,))
-        checker.probe(spec.image_size)
+        probed = checker.probe(spec.image_size)
         kind = checker.resolved_kind(feature)
 
         # A caller's cache may outlive this model, so its keys include the weights; a fresh one cannot.
@@ -267,33 +309,51 @@ def run_equivariance_benchmark(
         for name, config in configs.items():
             keys[name] = cache_key(**base_key, transformation=config.to_dict(), params=params[name])
         extractor = FeatureExtractor(model, kinds=("all",))
+        device_for_regressor = extractor.device if device is None else resolve_device(device)
+        # A parameter held constant (saturation and hue on greyscale data) carries nothing to regress.
+        varying = {
+            name: [i for i, (low, high) in enumerate(config.parameter_ranges) if high > low]
+            for name, config in configs.items()
+        }
+        cost = regression_cost(
+            len(crops),
+            probed[kind].shape[1],
+            {name: len(indices) for name, indices in varying.items()},
+            groups=crops.photo_index if group_by == "photo" else None,
+            test_groups=test_ids,
+            folds=folds,
+            scored_folds=scored_folds,
+            regressor=regressor,
+            seed=seed,
+            device=device_for_regressor,
+            shuffled_control=shuffled_control,
+        )
+        _log_time_estimate(
+            extractor, spec, batch_size, len(crops), sum(key not in cache for key in keys.values()), cost
+        )
         _extract_missing(extractor, crops, configs, params, keys, cache, spec, batch_size, progress)
         reference = cache.get(keys[None])
         assert reference is not None and kind in reference
 
-        device_for_regressor = extractor.device if device is None else resolve_device(device)
-        results: dict[str, FamilyResult] = {}
-        for name, config in tqdm(configs.items(), desc="regressors", unit="family", disable=not progress, leave=False):
-            transformed = cache.get(keys[name])
-            assert transformed is not None
-            result = score_feature_pairs(
-                reference[kind],
-                transformed[kind],
-                params[name],
-                groups=crops.photo_index if group_by == "photo" else None,
-                test_groups=test_ids,
-                folds=folds,
-                scored_folds=scored_folds,
-                family=name,
-                parameter_names=config.parameter_names,
-                regressor=regressor,
-                multioutput=multioutput,
-                seed=seed,
-                device=device_for_regressor,
-                shuffled_control=shuffled_control is True or (bool(shuffled_control) and name in shuffled_control),
-            )
-            result.transformation = config.to_dict()
-            results[name] = result
+        # Every family's regressors (and θ-shuffled controls) of a fold are fitted as one batch.
+        results = score_families(
+            reference[kind],
+            {name: cache.get(keys[name])[kind] for name in configs},
+            {name: params[name][:, varying[name]] for name in configs},
+            groups=crops.photo_index if group_by == "photo" else None,
+            test_groups=test_ids,
+            folds=folds,
+            scored_folds=scored_folds,
+            parameter_names={name: [c.parameter_names[i] for i in varying[name]] for name, c in configs.items()},
+            regressor=regressor,
+            multioutput=multioutput,
+            seed=seed,
+            device=device_for_regressor,
+            progress=progress,
+            shuffled_control=shuffled_control,
+        )
+        for name, result in results.items():
+            result.transformation = configs[name].to_dict()
             logger.info("R² %s = %.4f (train %.4f)", name, result.r2, result.train_r2)
 
         settings = {
@@ -313,6 +373,23 @@ def run_equivariance_benchmark(
             "shuffled_control": shuffled_control if isinstance(shuffled_control, bool) else list(shuffled_control),
         }
         return EquivarianceResult(families=results, feature=kind, multioutput=multioutput, settings=settings)
+
+
+def _log_time_estimate(
+    extractor: FeatureExtractor, spec: InputSpec, batch_size: int, num_crops: int, passes: int, cost: RegressionCost
+) -> None:
+    """Say how long the run will take, before it starts: the encoder's and the regressors' speed, measured here."""
+    parts, seconds = [], cost.seconds
+    if passes:
+        rate = extractor.images_per_second(spec.image_size, batch_size)
+        seconds += num_crops * passes / rate
+        parts.append(
+            f"encoding {num_crops} crops × {passes} passes at {rate:.0f} images/s: {num_crops * passes / rate:.0f} s"
+        )
+    parts.append(f"θ regressors: {cost.describe()}")
+    threads = torch.get_num_threads()
+    total = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    logger.info("estimated time: ~%s on %d thread%s (%s)", total, threads, "s" * (threads > 1), "; ".join(parts))
 
 
 def _extract_missing(

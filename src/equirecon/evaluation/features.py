@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -187,15 +188,25 @@ class FeatureExtractor:
         assert self.auto_kind is not None
         return self.auto_kind
 
-    def probe(self, image_size: tuple[int, int] | None = None) -> None:
-        """Resolve ``"auto"``/``"all"`` and check every requested kind with one forward of a blank image.
+    def probe(self, image_size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """Resolve ``"auto"``/``"all"`` and check every requested kind with one forward of a blank image; returns
+        its features (their widths).
 
         ``image_size`` defaults to the model config's ``image_size`` (224 if it has none).
         """
         if image_size is None:
             size = getattr(getattr(self.model, "config", None), "image_size", None) or 224
             image_size = (size, size) if isinstance(size, int) else tuple(size)
-        self(torch.zeros(1, 3, *image_size))
+        return self(torch.zeros(1, 3, *image_size))
+
+    def images_per_second(self, image_size: tuple[int, int], batch_size: int) -> float:
+        """The bare forward's throughput on blank ``(batch_size, 3, H, W)`` batches: one forward to warm up, one
+        timed (for a time estimate before a long extraction)."""
+        blank = torch.zeros(batch_size, 3, *image_size)
+        self(blank)
+        start = time.perf_counter()
+        self(blank)  # returns CPU tensors: an asynchronous device has finished
+        return batch_size / max(time.perf_counter() - start, 1e-9)
 
     @torch.inference_mode()
     def __call__(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:

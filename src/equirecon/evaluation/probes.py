@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .metrics import ArrayLike
 
-__all__ = ["KNNProbeResult", "LinearProbeResult", "knn_probe", "linear_probe"]
+__all__ = ["KNNProbeResult", "LinearProbeResult", "fit_logistic_regression", "knn_probe", "linear_probe"]
 
 DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
@@ -166,9 +166,11 @@ class LinearProbeResult:
         }
 
 
-def _fit_logistic(
-    features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int
+def fit_logistic_regression(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int = 200
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression by L-BFGS, the linear probe's fit: `(weight (D, C), bias (C,))`. Also starts
+    a fine-tuned linear head where the probe ends (`equirecon.finetuning.head_init`)."""
     weight = torch.zeros(features.shape[1], num_classes, device=features.device, requires_grad=True)
     bias = torch.zeros(num_classes, device=features.device, requires_grad=True)
     optimizer = torch.optim.LBFGS(
@@ -232,12 +234,12 @@ def linear_probe(
             raise ValueError(f"validation_fraction {validation_fraction} leaves no validation or training samples.")
         fit_idx, val_idx = order[num_val:], order[:num_val]
         for wd in weight_decays:
-            weight, bias = _fit_logistic(x_train[fit_idx], y_train[fit_idx], classes, float(wd), max_iter)
+            weight, bias = fit_logistic_regression(x_train[fit_idx], y_train[fit_idx], classes, float(wd), max_iter)
             predictions = (x_train[val_idx] @ weight + bias).argmax(dim=1)
             validation[float(wd)] = float((predictions == y_train[val_idx]).float().mean())
         # Ties go to the strongest penalty: the simplest probe that validates as well.
         best = max(validation, key=lambda wd: (validation[wd], wd))
-    weight, bias = _fit_logistic(x_train, y_train, classes, best, max_iter)
+    weight, bias = fit_logistic_regression(x_train, y_train, classes, best, max_iter)
     logits = x_test @ weight + bias
     ranked = logits.topk(min(5, classes), dim=1).indices
     return LinearProbeResult(

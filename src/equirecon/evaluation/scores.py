@@ -6,8 +6,7 @@ scores features from anywhere; :mod:`.equivariance` makes those features from im
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,12 +14,24 @@ import numpy as np
 import torch
 
 from .metrics import R2Convention, r2_score
-from .regression import MLPRegressor, RegressorConfig, fit_mlp_regressor
+from .regression import RegressorConfig, epoch_seconds, fit_mlp_regressors
 
-__all__ = ["MULTIOUTPUT", "EquivarianceResult", "FamilyResult", "group_folds", "score_feature_pairs"]
+__all__ = [
+    "MULTIOUTPUT",
+    "EquivarianceResult",
+    "FamilyResult",
+    "RegressionCost",
+    "group_folds",
+    "regression_cost",
+    "score_families",
+    "score_feature_pairs",
+]
 
 #: The two R² conventions: SIE's one global mean over all outputs, or the mean of per-output R².
 MULTIOUTPUT: tuple[str, ...] = ("global", "per_output")
+#: The epoch at which a family's θ regressor is usually best, for the time estimate only (measured at the default
+#: settings on the embedded photos with the tiny preset's encoder: 11 to 86, median 39, over the four families).
+TYPICAL_BEST_EPOCH = 40
 
 
 @dataclass
@@ -127,6 +138,82 @@ class EquivarianceResult:
         return "\n".join([header, rule, row])
 
 
+@dataclass
+class RegressionCost:
+    """The fits :func:`score_families` runs for a benchmark, and what they cost on this machine (an estimate)."""
+
+    #: Folds that are fitted and scored, out of ``total_folds`` (one for a held-out split).
+    folds: int
+    total_folds: int
+    families: int
+    #: Regressors fitted together per fold: one per family, and one per θ-shuffled control.
+    fits: int
+    #: One epoch of all of a fold's fits, measured (:func:`.regression.epoch_seconds`).
+    epoch_seconds: float
+    max_epochs: int
+    #: Epochs early stopping usually lets a family's regressor run (its patience past a typical best epoch), and a
+    #: control's (its patience past the first epoch: shuffled θ has nothing to learn).
+    typical_epochs: int
+    control_epochs: int
+
+    @property
+    def seconds(self) -> float:
+        """The usual cost: a stopped regressor leaves the batch, so each costs its share of an epoch while it runs."""
+        epochs = self.families * self.typical_epochs + (self.fits - self.families) * self.control_epochs
+        return self.folds * self.epoch_seconds * epochs / self.fits
+
+    @property
+    def max_seconds(self) -> float:
+        return self.folds * self.max_epochs * self.epoch_seconds
+
+    def describe(self) -> str:
+        controls = self.fits - self.families
+        return (
+            f"{self.folds} of {self.total_folds} fold(s) × {self.fits} regressors ({self.families} families"
+            + (f" + {controls} θ-shuffled controls" if controls else "")
+            + f") × ~{self.typical_epochs} epochs (at most {self.max_epochs}) at {self.epoch_seconds:.2f} s/epoch: "
+            f"~{self.seconds:.0f} s (at most {self.max_seconds:.0f} s)"
+        )
+
+
+def regression_cost(
+    num_pairs: int,
+    num_features: int,
+    num_parameters: Mapping[str, int],
+    *,
+    groups: Sequence[int] | np.ndarray | None = None,
+    test_groups: Sequence[int] | None = None,
+    folds: int = 5,
+    scored_folds: int | None = None,
+    regressor: RegressorConfig | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    shuffled_control: bool | Collection[str] = False,
+) -> RegressionCost:
+    """What :func:`score_families` will cost for ``num_pairs`` pairs of ``num_features``-wide features and families
+    with ``num_parameters`` θ parameters each (same arguments), timed on two steps of random data."""
+    config = regressor or RegressorConfig()
+    groups = np.arange(num_pairs) if groups is None else np.asarray(groups).reshape(-1)
+    splits = _splits(groups, test_groups, folds, seed)
+    scored = splits[:scored_folds] if scored_folds is not None else splits
+    train, validation, _ = scored[0]
+    controls = [f for f in num_parameters if shuffled_control is True or (shuffled_control and f in shuffled_control)]
+    fits = len(num_parameters) + len(controls)
+    seconds = epoch_seconds(
+        fits, 2 * num_features, max(num_parameters.values()), int(train.sum()), int(validation.sum()), config, device
+    )
+    return RegressionCost(
+        folds=len(scored),
+        total_folds=len(splits),
+        families=len(num_parameters),
+        fits=fits,
+        epoch_seconds=seconds,
+        max_epochs=config.epochs,
+        typical_epochs=min(config.epochs, TYPICAL_BEST_EPOCH + config.patience),
+        control_epochs=min(config.epochs, 1 + config.patience),
+    )
+
+
 def group_folds(groups: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     """The distinct ``groups`` shuffled (seeded) and dealt into ``min(folds, number of groups)`` folds."""
     distinct = np.unique(groups)
@@ -172,100 +259,145 @@ def score_feature_pairs(
 
     ``shuffled_control`` also fits every regressor on θ permuted across its training and validation pairs and scores
     it on the true θ (``shuffled_r2``): the chance level, which the headline R² must clear to mean anything.
+    :func:`score_families` scores several families' pairs at once.
+    """
+    return score_families(
+        features,
+        {family: transformed_features},
+        {family: params},
+        groups=groups,
+        test_groups=test_groups,
+        folds=folds,
+        scored_folds=scored_folds,
+        parameter_names={family: parameter_names} if parameter_names is not None else None,
+        regressor=regressor,
+        multioutput=multioutput,
+        seed=seed,
+        device=device,
+        progress=progress,
+        shuffled_control=shuffled_control,
+    )[family]
+
+
+def score_families(
+    features: torch.Tensor,
+    transformed_features: Mapping[str, torch.Tensor],
+    params: Mapping[str, torch.Tensor | np.ndarray],
+    *,
+    groups: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    test_groups: Sequence[int] | None = None,
+    folds: int = 5,
+    scored_folds: int | None = None,
+    parameter_names: Mapping[str, Sequence[str] | None] | None = None,
+    regressor: RegressorConfig | None = None,
+    multioutput: R2Convention = "global",
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    shuffled_control: bool | Collection[str] = False,
+) -> dict[str, FamilyResult]:
+    """:func:`score_feature_pairs` for several families of the same pairs at once: ``{family: FamilyResult}``.
+
+    ``transformed_features`` and ``params`` map each family to its g_θ(I) features and θ; the features of I, the
+    groups and so the splits are shared. Each family's result is the one :func:`score_feature_pairs` gives it alone
+    (up to float rounding): every fold fits all families' regressors, and their θ-shuffled controls
+    (``shuffled_control``: all families, or those named), as one batch (:func:`.regression.fit_mlp_regressors`), so
+    the cost of a fold is that of one large fit, not of a loop of small ones.
     """
     if multioutput not in MULTIOUTPUT:
         raise ValueError(f"multioutput must be one of {MULTIOUTPUT}, got {multioutput!r}.")
-    params = _as_params(params)
+    if set(transformed_features) != set(params) or not params:
+        raise ValueError(
+            f"transformed features ({list(transformed_features)}) and params ({list(params)}) must name the same "
+            "families, at least one."
+        )
     count = features.shape[0]
     groups = np.arange(count) if groups is None else np.asarray(groups).reshape(-1)
-    if transformed_features.shape != features.shape or params.shape[0] != count or groups.shape[0] != count:
-        raise ValueError(
-            f"features {tuple(features.shape)}, transformed features {tuple(transformed_features.shape)}, params "
-            f"{tuple(params.shape)} and groups ({groups.shape[0]},) must describe the same N samples."
-        )
-    names = tuple(parameter_names) if parameter_names is not None else tuple(f"p{i}" for i in range(params.shape[1]))
-    if len(names) != params.shape[1]:
-        raise ValueError(f"{len(names)} parameter names for {params.shape[1]} parameters.")
+    targets = {family: _as_params(values) for family, values in params.items()}
+    names = {}
+    for family, values in targets.items():
+        transformed = transformed_features[family]
+        if transformed.shape != features.shape or values.shape[0] != count or groups.shape[0] != count:
+            raise ValueError(
+                f"features {tuple(features.shape)}, transformed features {tuple(transformed.shape)}, params "
+                f"{tuple(values.shape)} and groups ({groups.shape[0]},) must describe the same N samples."
+            )
+        given = (parameter_names or {}).get(family)
+        names[family] = tuple(given) if given is not None else tuple(f"p{i}" for i in range(values.shape[1]))
+        if len(names[family]) != values.shape[1]:
+            raise ValueError(f"{len(names[family])} parameter names for {values.shape[1]} parameters.")
     splits = _splits(groups, test_groups, folds, seed)
     if scored_folds is not None:
         if scored_folds < 1:
             raise ValueError(f"scored_folds must be at least 1, got {scored_folds}.")
         splits = splits[:scored_folds]
+    controlled = [f for f in targets if shuffled_control is True or (shuffled_control and f in shuffled_control)]
 
-    pairs = torch.cat([features, transformed_features], dim=1).float()
-    predictions = torch.zeros_like(params)
-    control = torch.zeros_like(params) if shuffled_control else None
+    pairs = {family: torch.cat([features, transformed_features[family]], dim=1).float() for family in targets}
+    predictions = {family: torch.zeros_like(values) for family, values in targets.items()}
+    control = {family: torch.zeros_like(targets[family]) for family in controlled}
     scored = np.zeros(count, dtype=bool)
-    fold_r2, train_r2, epochs, num_train = [], [], [], []
+    fold_r2, train_r2, epochs = ({family: [] for family in targets} for _ in range(3))
+    num_train = []
     for index, (train, validation, test) in enumerate(splits):
-        description = f"regressor ({family}, fold {index + 1}/{len(splits)})"
-        fit = functools.partial(
-            _fit_split, pairs, train=train, validation=validation, config=regressor, seed=seed, device=device
+        seen = np.flatnonzero(train | validation)
+        permutation = seen[np.random.default_rng([seed, 3, index]).permutation(len(seen))]
+        fits = [(family, targets[family]) for family in targets]
+        for family in controlled:
+            permuted = targets[family].clone()
+            permuted[seen] = targets[family][permutation]
+            fits.append((family, permuted))
+        models = fit_mlp_regressors(
+            [pairs[family][train] for family, _ in fits],
+            [values[train] for _, values in fits],
+            regressor,
+            validation=[(pairs[family][validation], values[validation]) for family, values in fits]
+            if validation.any()
+            else None,
+            seed=seed,
+            device=device,
+            progress=progress,
+            description=f"{len(fits)} regressors (fold {index + 1}/{len(splits)})",
         )
-        model = fit(params, progress=progress, description=description)
-        predictions[test] = model.predict(pairs[test])
+        for (family, _), model in zip(fits[: len(targets)], models[: len(targets)], strict=True):
+            values, predicted = targets[family], predictions[family]
+            predicted[test] = model.predict(pairs[family][test])
+            fold_r2[family].append(
+                float(r2_score(y_true=values[test], y_pred=predicted[test], multioutput=multioutput))
+                if test.sum() >= 2
+                else float("nan")  # a photo drawn once: it counts in the pooled R², not on its own
+            )
+            fitted = model.predict(pairs[family][train])
+            train_r2[family].append(float(r2_score(y_true=values[train], y_pred=fitted, multioutput=multioutput)))
+            epochs[family].append(model.best_epoch)
+        for (family, _), model in zip(fits[len(targets) :], models[len(targets) :], strict=True):
+            control[family][test] = model.predict(pairs[family][test])
         scored |= test
-        fold_r2.append(
-            float(r2_score(y_true=params[test], y_pred=predictions[test], multioutput=multioutput))
-            if test.sum() >= 2
-            else float("nan")  # a photo drawn once: it counts in the pooled R², not on its own
-        )
-        train_r2.append(
-            float(r2_score(y_true=params[train], y_pred=model.predict(pairs[train]), multioutput=multioutput))
-        )
-        epochs.append(model.best_epoch)
         num_train.append(int(train.sum()))
-        if control is not None:
-            seen = np.flatnonzero(train | validation)
-            permuted = params.clone()
-            permuted[seen] = params[np.random.default_rng([seed, 3, index]).permutation(seen)]
-            control[test] = fit(permuted).predict(pairs[test])
 
-    targets, predicted = params[scored], predictions[scored]
-    scores = {c: r2_score(y_true=targets, y_pred=predicted, multioutput=c) for c in MULTIOUTPUT}
-    per_parameter = r2_score(y_true=targets, y_pred=predicted, multioutput="raw_values")
-    shuffled_r2 = None
-    if control is not None:
-        shuffled_r2 = float(r2_score(y_true=targets, y_pred=control[scored], multioutput=multioutput))
-    return FamilyResult(
-        family=family,
-        parameter_names=names,
-        r2=float(scores[multioutput]),
-        r2_global=float(scores["global"]),
-        r2_per_output=float(scores["per_output"]),
-        per_parameter_r2={name: float(value) for name, value in zip(names, per_parameter, strict=True)},
-        train_r2=float(np.mean(train_r2)),
-        num_train=round(float(np.mean(num_train))),
-        num_test=int(scored.sum()),
-        shuffled_r2=shuffled_r2,
-        fold_r2=fold_r2,
-        epochs=epochs,
-    )
-
-
-def _fit_split(
-    pairs: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    train: np.ndarray,
-    validation: np.ndarray,
-    config: RegressorConfig | None,
-    seed: int,
-    device: torch.device | str | None,
-    progress: bool = False,
-    description: str = "regressor",
-) -> MLPRegressor:
-    """A regressor fitted on the ``train`` pairs, early-stopped on the ``validation`` pairs where there are any."""
-    return fit_mlp_regressor(
-        pairs[train],
-        targets[train],
-        config,
-        validation=(pairs[validation], targets[validation]) if validation.any() else None,
-        seed=seed,
-        device=device,
-        progress=progress,
-        description=description,
-    )
+    results = {}
+    for family, values in targets.items():
+        truth, predicted = values[scored], predictions[family][scored]
+        scores = {c: r2_score(y_true=truth, y_pred=predicted, multioutput=c) for c in MULTIOUTPUT}
+        per_parameter = r2_score(y_true=truth, y_pred=predicted, multioutput="raw_values")
+        shuffled_r2 = None
+        if family in control:
+            shuffled_r2 = float(r2_score(y_true=truth, y_pred=control[family][scored], multioutput=multioutput))
+        results[family] = FamilyResult(
+            family=family,
+            parameter_names=names[family],
+            r2=float(scores[multioutput]),
+            r2_global=float(scores["global"]),
+            r2_per_output=float(scores["per_output"]),
+            per_parameter_r2={n: float(v) for n, v in zip(names[family], per_parameter, strict=True)},
+            train_r2=float(np.mean(train_r2[family])),
+            num_train=round(float(np.mean(num_train))),
+            num_test=int(scored.sum()),
+            shuffled_r2=shuffled_r2,
+            fold_r2=fold_r2[family],
+            epochs=epochs[family],
+        )
+    return results
 
 
 def _splits(

@@ -1,0 +1,120 @@
+"""Speed of `equirecon evaluate equivariance`: its encoding pass against the encoder's bare forward.
+
+The benchmark's encoding pass renders every crop with its context margin, transforms it once per family and encodes
+the crop and each transformed copy. Its throughput, in encoded images per second (crops/s × (1 + families)), is
+compared with the encoder's own forward on ready-made batches of the same size, timed just before and just after it
+in the same run, so the load of a shared machine mostly cancels out of the ratio. Target: ratio >= 0.8 (the pass may
+spend at most a quarter of the encoder's time on making its images).
+
+    python benchmarks/evaluation_speed.py                                      # embedded photos, tiny preset
+    python benchmarks/evaluation_speed.py --dataset /usr/share/backgrounds/mate --model runs/equirecon-tiny
+
+Without ``--model``, a randomly initialised ``tiny`` EquiRecon encoder is timed (speed does not depend on the
+weights). The θ regressors are reduced to nothing here (one epoch of a 1-unit MLP); their cost is the regressors'
+own business (`equirecon evaluate equivariance` prints its estimate before it starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from equirecon.evaluation.equivariance import run_equivariance_benchmark  # noqa: E402
+from equirecon.evaluation.loading import InputSpec, load_model  # noqa: E402
+from equirecon.evaluation.regression import RegressorConfig  # noqa: E402
+from equirecon.imaging.decoding import decode_images  # noqa: E402
+from equirecon.imaging.sources import embedded_photos, find_image_column, load_images, undecoded_images  # noqa: E402
+
+FAMILIES = ("rotation", "color", "blur", "translation")
+
+
+def encoder(model_path: str | None) -> tuple[torch.nn.Module, InputSpec]:
+    if model_path is not None:
+        return load_model(model_path, device="cpu")
+    from equirecon import EquiReconConfig, EquiReconModel
+
+    torch.manual_seed(0)
+    model = EquiReconModel(EquiReconConfig.from_preset("tiny")).eval().requires_grad_(False)
+    return model, InputSpec.from_model(model)
+
+
+def photos_of(dataset: str) -> list[np.ndarray]:
+    if dataset == "embedded":
+        images = embedded_photos("validation")
+    else:
+        images = load_images(dataset)
+    return decode_images(undecoded_images(images, find_image_column(images))).images
+
+
+@torch.inference_mode()
+def forward_images_per_second(model: torch.nn.Module, spec: InputSpec, batch_size: int, batches: int) -> float:
+    """The encoder alone, on random batches already in memory (one warm-up batch first)."""
+    pixels = torch.randn(batch_size, 3, *spec.image_size)
+    model(pixel_values=pixels)
+    start = time.perf_counter()
+    for _ in range(batches):
+        model(pixel_values=pixels)
+    return batch_size * batches / (time.perf_counter() - start)
+
+
+def encoding_pass(model: torch.nn.Module, spec: InputSpec, photos: list, num_crops: int, batch_size: int) -> float:
+    """Seconds of `run_equivariance_benchmark`'s encoding pass (everything but a negligible regressor)."""
+    start = time.perf_counter()
+    run_equivariance_benchmark(
+        model,
+        photos,
+        families=FAMILIES,
+        num_crops=num_crops,
+        input_spec=spec,
+        batch_size=batch_size,
+        regressor=RegressorConfig(hidden_sizes=(1,), epochs=1),
+        shuffled_control=False,
+        progress=False,
+    )
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="Checkpoint directory (default: a random tiny encoder).")
+    parser.add_argument("--dataset", action="append", default=None, help="An image folder (repeatable).")
+    parser.add_argument("--num_crops", type=int, default=1024)
+    parser.add_argument("--batch_size", type=int, default=64)
+    args = parser.parse_args()
+
+    model, spec = encoder(args.model)
+    passes = 1 + len(FAMILIES)
+    reference_batches = max(1, args.num_crops * passes // args.batch_size // 4)
+    print(
+        f"encoder {type(model).__name__} at {spec.image_size}, batch {args.batch_size}, {torch.get_num_threads()} threads"
+    )
+    print(f"load before: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
+    rows = []
+    for dataset in ["embedded", *(args.dataset or [])]:
+        photos = photos_of(dataset)
+        sizes = sorted(photo.shape[0] * photo.shape[1] for photo in photos)
+        before = forward_images_per_second(model, spec, args.batch_size, reference_batches)
+        seconds = encoding_pass(model, spec, photos, args.num_crops, args.batch_size)
+        after = forward_images_per_second(model, spec, args.batch_size, reference_batches)
+        forward = (before + after) / 2
+        encoded = args.num_crops * passes / seconds
+        median_megapixels = sizes[len(sizes) // 2] / 1e6
+        rows.append((dataset, len(photos), median_megapixels, forward, args.num_crops / seconds, encoded))
+    print(f"load after: {' '.join(f'{value:.2f}' for value in os.getloadavg())}\n")
+    print("| images | photos | median Mpx | encoder forward (img/s) | encoding pass (crops/s) | (img/s) | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for dataset, count, megapixels, forward, crops, encoded in rows:
+        print(
+            f"| {dataset} | {count} | {megapixels:.2f} | {forward:.0f} | {crops:.0f} | {encoded:.0f} | "
+            f"{encoded / forward:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
