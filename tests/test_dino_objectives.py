@@ -14,11 +14,10 @@ from trainer_helpers import TRANSFORMATION, StopAt, dino_config, dino_trainer, p
 from transformers import TrainerCallback, set_seed
 
 from equirecon import EquiReconForPreTraining, EquiReconModel
-from equirecon.modeling.objectives import (
+from equirecon.modeling.objectives import dino_cls_loss, koleo_loss, masked_patch_loss
+from equirecon.modeling.teacher import (
     TeacherCentering,
-    dino_cls_loss,
-    koleo_loss,
-    masked_patch_loss,
+    TeacherSchedules,
     resolve_steps,
     sinkhorn_knopp,
     teacher_momentum_schedule,
@@ -107,12 +106,12 @@ def test_centres_collect_in_training_only_and_move_with_the_teacher_update():
     model.eval()
     with torch.no_grad():
         model(**batch())
-    model.update_teacher(0, 10)
+    model.update_teacher(model.config.teacher_momentum)
     assert torch.count_nonzero(center) == 0
     model.train()
     model(**batch())
     assert torch.count_nonzero(center) == 0  # collected, not applied: every micro-batch of a step sees one centre
-    model.update_teacher(0, 10)
+    model.update_teacher(model.config.teacher_momentum)
     assert torch.count_nonzero(center) > 0
 
 
@@ -127,7 +126,7 @@ def test_gradient_accumulation_centres_as_one_batch(tmp_path):
         whole(**inputs)
         for half in (slice(0, 2), slice(2, 4)):
             micro(**{key: value[half] for key, value in inputs.items()})
-    whole.update_teacher(0, 10), micro.update_teacher(0, 10)
+    whole.update_teacher(whole.config.teacher_momentum), micro.update_teacher(micro.config.teacher_momentum)
     for name in ("cls_centering", "patch_centering"):
         expected = getattr(whole.ssl_objective, name).center
         assert torch.count_nonzero(expected) > 0
@@ -205,13 +204,16 @@ def test_schedules_follow_their_definitions():
 
 
 def test_the_objective_uses_the_scheduled_teacher_temperature():
-    model = EquiReconForPreTraining(dino_config(dino_warmup_teacher_temperature_steps=0.5))
-    model.set_training_progress(0, 10)
-    assert model.ssl_objective.teacher_temperature() == pytest.approx(0.04)
-    model.set_training_progress(2, 10)
-    assert model.ssl_objective.teacher_temperature() == pytest.approx(0.055)
-    model.set_training_progress(7, 10)
+    """The training loop computes the schedules from the config (`TeacherSchedules`) and hands the model their
+    values, as dinov2's does; before it sets one, a warm-up given as a fraction of the run is over."""
+    model = EquiReconForPreTraining(dino_config(dino_warmup_teacher_temperature_steps=0.5, teacher_momentum=0.9))
     assert model.ssl_objective.teacher_temperature() == pytest.approx(0.07)
+    schedules = TeacherSchedules.from_config(model.config, total_steps=10)
+    for step, temperature in ((0, 0.04), (2, 0.055), (7, 0.07)):
+        model.set_teacher_temperature(schedules.temperature(step))
+        assert model.ssl_objective.teacher_temperature() == pytest.approx(temperature)
+    assert schedules.momentum(0) == pytest.approx(0.9) and schedules.momentum(10) == 1.0
+    assert schedules.freezes_last_layer(0) and not schedules.freezes_last_layer(1)  # 0.01 of 10 steps: one step
 
 
 @pytest.mark.parametrize("objective", ["dino", "ibot", "dinov2"])
@@ -248,7 +250,7 @@ def test_a_separate_patch_head_and_sinkhorn_knopp_train():
     out = model(**batch(masked=True))
     out.loss.backward()
     assert model.ssl_objective.heads.patch.mlp[0].weight.grad is not None
-    model.update_teacher(0, 10)
+    model.update_teacher(model.config.teacher_momentum)
     for centering in (model.ssl_objective.cls_centering, model.ssl_objective.patch_centering):
         assert torch.count_nonzero(centering.center) == 0  # no EMA centre with Sinkhorn-Knopp
         assert centering._pending is None
@@ -422,12 +424,11 @@ def test_the_last_layers_are_frozen_at_the_start(tmp_path):
     model(**batch()).loss.backward()
     last = model.ssl_objective.heads.cls.last_layer
     assert last.weight.grad is not None and last.weight_g.grad is not None
-    assert model.cancel_last_layer_gradients(1, 10)
+    schedules = TeacherSchedules.from_config(model.config, total_steps=10)
+    assert schedules.freezes_last_layer(1) and not schedules.freezes_last_layer(2)
+    model.cancel_last_layer_gradients()
     assert last.weight.grad is None and last.weight_g.grad is None
     assert model.ssl_objective.heads.cls.mlp[0].weight.grad is not None
-    model(**batch()).loss.backward()
-    assert not model.cancel_last_layer_gradients(2, 10)
-    assert last.weight.grad is not None
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])
@@ -471,7 +472,7 @@ def _trained_model(objective="ibot"):
         model(**batch(masked=objective != "dino", seed=step)).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        model.update_teacher(step, 10)
+        model.update_teacher(teacher_momentum_schedule(step, 10, 0.5))
     return model
 
 

@@ -13,6 +13,13 @@ from transformers import set_seed
 from equirecon import EquiReconForPreTraining
 from equirecon.evaluation import RegressorConfig, score_feature_pairs
 from equirecon.imaging.transformations import TransformationConfig, make_transformed_pair
+from equirecon.training.controls import (
+    BLEND_BASELINES,
+    blend_answers,
+    blend_losses,
+    blend_statistics,
+    cross_fitted_coefficients,
+)
 from equirecon.training.data import collate_transform_pairs
 from equirecon.training.trainer import COPY_BASELINES, UNPAIRED_CONTROL, box_blur
 
@@ -64,8 +71,12 @@ def test_loaded_decoders_keep_their_trained_weights(tmp_path):
 def test_evaluation_logs_the_copy_baselines(tmp_path):
     trainer = tiny_trainer(tmp_path, eval_dataset=list(pair_stream("validation").take(8)), max_steps=1)
     metrics = trainer.evaluate()
-    for name in ("eval_reconstruction_loss", f"eval_{UNPAIRED_CONTROL}", *(f"eval_{name}" for name in COPY_BASELINES)):
+    controls = (*COPY_BASELINES, *BLEND_BASELINES)
+    for name in ("eval_reconstruction_loss", f"eval_{UNPAIRED_CONTROL}", *(f"eval_{name}" for name in controls)):
         assert np.isfinite(metrics[name]) and metrics[name] > 0
+    # The blends contain both copies (a, b = 0, 1 and 1, 0): fitted on the other half, they still do better.
+    assert metrics["eval_copy_blend_loss"] < min(metrics["eval_copy_view2_loss"], metrics["eval_copy_view1_loss"])
+    assert metrics["eval_copy_blurred_blend_loss"] < metrics["eval_copy_view1_loss"]
     # Training logs carry no controls: they are computed on the evaluation pairs only.
     trainer.train()
     assert all("copy_view2_loss" not in entry for entry in trainer.state.log_history if "loss" in entry)
@@ -166,3 +177,52 @@ def test_component_means_leave_out_batches_that_do_not_count(tmp_path):
     means = trainer._pop_component_means("eval")
     assert means["reconstruction_loss"] == pytest.approx(0.4) and means["ssl_loss"] == pytest.approx(3.0)
     assert trainer._pop_component_means("eval") == {}  # popped: the next evaluation starts clean
+
+
+def _synthetic_pairs(coefficients: list[tuple[float, float]], batch: int = 10, size: int = 12, seed: int = 0):
+    """Views v1, v2 and K targets that are exactly a_k·v1 + b_k·v2, with random masks."""
+    generator = torch.Generator().manual_seed(seed)
+    first, second = torch.randn(2, batch, 3, size, size, generator=generator)
+    targets = torch.stack([a * first + b * second for a, b in coefficients], dim=1)
+    masks = (torch.rand(batch, len(coefficients), 1, size, size, generator=generator) > 0.3).float()
+    return first, second, targets, masks
+
+
+def test_the_blend_recovers_the_coefficients_of_an_exact_blend_and_scores_zero():
+    first, second, targets, masks = _synthetic_pairs([(0.3, 0.7), (0.6, 0.4)])
+    halves = torch.arange(len(first)) % 2
+    coefficients = cross_fitted_coefficients(*blend_statistics(first, second, targets, masks, halves))
+    assert coefficients.shape == (2, 2, 2)
+    expected = torch.tensor([[0.3, 0.7], [0.6, 0.4]])
+    assert torch.allclose(coefficients, expected.expand(2, 2, 2), atol=1e-5)
+    losses = blend_losses(first, second, targets, masks, halves, dict.fromkeys(BLEND_BASELINES, coefficients))
+    assert losses["copy_blend_loss"].item() == pytest.approx(0.0, abs=1e-8)
+    # Blurring the views loses their detail: the blurred blend is a real error.
+    assert losses["copy_blurred_blend_loss"].item() > 0.05
+
+
+def test_each_half_is_answered_with_the_fit_of_the_other():
+    first, second, _, masks = _synthetic_pairs([(0.0, 0.0)])
+    halves = torch.arange(len(first)) % 2
+    # Pairs in half 0 are 0.3·v1 + 0.7·v2, pairs in half 1 are 0.9·v1 + 0.1·v2.
+    weights = torch.where(halves[:, None] == 0, torch.tensor([0.3, 0.7]), torch.tensor([0.9, 0.1]))
+    targets = (weights[:, 0, None, None, None] * first + weights[:, 1, None, None, None] * second).unsqueeze(1)
+    coefficients = cross_fitted_coefficients(*blend_statistics(first, second, targets, masks, halves))
+    assert torch.allclose(coefficients[0, 0], torch.tensor([0.9, 0.1]), atol=1e-5)  # fitted on half 1
+    assert torch.allclose(coefficients[1, 0], torch.tensor([0.3, 0.7]), atol=1e-5)  # fitted on half 0
+    answers = blend_answers(first, second, coefficients[halves])
+    assert not torch.allclose(answers, targets, atol=1e-2)  # never answered with its own fit
+
+
+def test_masked_pixels_do_not_enter_the_fit():
+    first, second, targets, masks = _synthetic_pairs([(0.3, 0.7)])
+    corrupted = torch.where(masks.bool().expand_as(targets), targets, torch.full_like(targets, 50.0))
+    halves = torch.arange(len(first)) % 2
+    coefficients = cross_fitted_coefficients(*blend_statistics(first, second, corrupted, masks, halves))
+    assert torch.allclose(coefficients[:, 0], torch.tensor([0.3, 0.7]).expand(2, 2), atol=1e-5)
+
+
+def test_an_evaluation_set_of_one_pair_has_no_blend_control(tmp_path):
+    trainer = tiny_trainer(tmp_path, eval_dataset=list(pair_stream("validation").take(1)), max_steps=1)
+    metrics = trainer.evaluate()
+    assert "eval_copy_view2_loss" in metrics and "eval_copy_blend_loss" not in metrics

@@ -65,12 +65,24 @@ def test_closing_evaluation_reports_read_outs_next_to_their_controls(pretrained_
     assert "| random initialisation, mean_patch | " + f"{reference:.3f}" in card
     assert "| θ-shuffled control (chance), mean_patch |" in card
     metrics = json.loads((pretrained_run / "equirecon_run.json").read_text())["metrics"]
-    copies = [metrics[f"eval_copy_{view}_loss"] for view in ("view2", "blurred_view2", "view1")]
-    assert all(value > 0 for value in copies)
-    assert "Reconstruction control (held-out pairs)" in card
-    beats = metrics["eval_reconstruction_loss"] < min(copies)
-    assert ("beat all 3 copy baselines" in card) == beats  # after 2 steps: the card must say they do not
+    names = ("view2", "blurred_view2", "view1", "blend", "blurred_blend")
+    controls = [metrics[f"eval_copy_{name}_loss"] for name in names]
+    assert all(value > 0 for value in controls)
+    assert "Reconstruction control (held-out pairs, masked MSE)" in card
+    assert f"the best blend a_k·v1 + b_k·v2 {metrics['eval_copy_blend_loss']:.4f}" in card
+    beats = metrics["eval_reconstruction_loss"] < min(controls)
+    assert ("beat all 5 θ-free answers" in card) == beats  # after 2 steps: the card must say they do not
     assert beats or "do **not** beat" in card
+    # The headline R² has its controls in the model-index too, named as such.
+    index = {
+        m["name"]
+        for r in build_model_card(pretrained_run).data.to_dict()["model-index"][0]["results"]
+        for m in r["metrics"]
+    }
+    assert {"R² rotation (random initialisation, control)", "R² rotation (θ-shuffled chance, control)"} <= index
+    run = json.loads((pretrained_run / "equirecon_run.json").read_text())
+    assert run["resumed"] is None and run["skipped_images"] == []
+    assert "none was skipped" in card
     unpaired = metrics["eval_unpaired_reconstruction_loss"]
     assert f"given another pair's view 1 {unpaired:.4f}" in card
     assert ("their error rises by" in card) == (unpaired > metrics["eval_reconstruction_loss"])

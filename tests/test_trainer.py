@@ -1,14 +1,21 @@
 import json
+import logging
 import math
 
+import datasets
 import pytest
 import torch
+from _data_helpers import awkward_images
 from distributed_helpers import run_two_processes
-from trainer_helpers import StopAt, pair_stream, tiny_trainer, training_arguments
-from transformers import AutoModel
+from model_helpers import tiny_config
+from trainer_helpers import TRANSFORMATION, StopAt, pair_stream, tiny_trainer, training_arguments
+from transformers import AutoModel, set_seed
 
-from equirecon import EquiReconModel
-from equirecon.training.trainer import NonFiniteLossError
+from equirecon import EquiReconForPreTraining, EquiReconModel
+from equirecon.training.data import build_transform_pair_dataset, collate_transform_pairs
+from equirecon.training.progress import TRAINING_TIME_FILE
+from equirecon.training.trainer import EquiReconTrainer, NonFiniteLossError
+from equirecon.training.views import TransformPairMaker
 
 
 def _losses(history):
@@ -114,3 +121,49 @@ def test_two_processes_read_different_data_and_save_a_loadable_model(tmp_path):
     assert set(map(tuple, seen[0]["batches"])).isdisjoint(map(tuple, seen[1]["batches"]))
     model = AutoModel.from_pretrained(tmp_path)
     assert isinstance(model, EquiReconModel)
+    # Each process left the group before the interpreter finalised: no gloo thread is left to abort the exit.
+    for rank in range(2):
+        exit_record = json.loads((tmp_path / f"exit-rank{rank}.json").read_text())
+        assert not exit_record["group_initialized"]
+        assert exit_record["threads"] is None or not any("gloo" in name for name in exit_record["threads"])
+
+
+def test_skipped_images_are_counted_once_each_over_workers_and_passes(tmp_path):
+    files = awkward_images()  # 7 that decode, 2 that do not
+    table = datasets.Dataset.from_dict(
+        {"image": [{"bytes": content, "path": f"{name}.png"} for name, content in files.items()]},
+        features=datasets.Features({"image": datasets.Image()}),
+    )
+    maker = TransformPairMaker(TRANSFORMATION, view_preset="crop-only", size=32, seed=0)
+    stream = build_transform_pair_dataset(table, maker, num_shards=2, shuffle_seed=0, repeat=None)
+    set_seed(0)
+    trainer = EquiReconTrainer(
+        model=EquiReconForPreTraining(tiny_config()),
+        args=training_arguments(tmp_path, max_steps=6, dataloader_num_workers=2),  # 42 images: 4 passes
+        train_dataset=stream,
+        data_collator=collate_transform_pairs,
+        transformation=TRANSFORMATION,
+    )
+    trainer.train()
+    assert trainer.skipped_images == ["corrupt.png", "truncated.png"]
+    counts = [entry["skipped_images"] for entry in trainer.state.log_history if "skipped_images" in entry]
+    assert counts and counts[-1] == 2 and counts == sorted(counts)  # each image once, however often it was read
+
+
+def test_a_resumed_run_says_so_and_adds_the_time_before_the_interruption(tmp_path, caplog):
+    interrupted = tiny_trainer(tmp_path, max_steps=4, save_steps=2)
+    interrupted.add_callback(StopAt(2))
+    interrupted.train()
+    assert interrupted.training_time.resumed is None
+    recorded = json.loads((tmp_path / "checkpoint-2" / TRAINING_TIME_FILE).read_text())["training_seconds"]
+    assert recorded > 0
+    resumed = tiny_trainer(tmp_path, max_steps=4, save_steps=2)
+    with caplog.at_level(logging.INFO, logger="equirecon.training.progress"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert resumed.training_time.resumed == {
+        "checkpoint": str(tmp_path / "checkpoint-2"),
+        "step": 2,
+        "training_seconds_before": pytest.approx(recorded),
+    }
+    assert resumed.training_time.training_seconds > recorded
+    assert any("Resuming the run from" in r.getMessage() and "step 2 of 4" in r.getMessage() for r in caplog.records)

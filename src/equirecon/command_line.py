@@ -171,7 +171,11 @@ def check_output_dir(path: str | None, *, command: str, resume: str | None = Non
         raise ArgumentError(f"--resume_from_checkpoint {resume}: no such checkpoint directory")
     contents = [p for p in directory.iterdir() if p.name != RUN_MARKER] if directory.is_dir() else []
     if resume == "last" and not checkpoints(directory, complete=True):
-        raise ArgumentError(f"--resume_from_checkpoint last: no checkpoint-* in {path} to resume from")
+        raise ArgumentError(
+            f"--resume_from_checkpoint last: no checkpoint-* in {path} to resume from. A finished run keeps only its "
+            "final model (--keep_checkpoints keeps its checkpoints); to train it further, start a new run from it: "
+            f"--model_name_or_path {path} --output_dir ANOTHER_DIR"
+        )
     if not contents or overwrite:
         return
     if resume is not None:

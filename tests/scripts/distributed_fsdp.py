@@ -25,7 +25,7 @@ from trainer_helpers import dino_config, dino_trainer, pair_stream
 from transformers import TrainerCallback, TrainerControl, TrainerState
 
 from equirecon import EquiReconForPreTraining
-from equirecon.modeling.objectives import teacher_momentum_schedule
+from equirecon.modeling.teacher import teacher_momentum_schedule
 from equirecon.training.data import collate_transform_pairs
 from equirecon.training.masking import BlockMaskGenerator
 from equirecon.training.teacher import TeacherCallback

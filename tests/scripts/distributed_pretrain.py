@@ -1,10 +1,14 @@
 """Run by tests/test_trainer.py under `torch.distributed.run --nproc_per_node=2`: a few DDP steps on CPU (gloo) over
-a sharded stream; each rank records the transform parameters it trained on."""
+a sharded stream; each rank records the transform parameters it trained on, and, as the interpreter exits, whether
+the process group and gloo's threads are still there."""
 
+import atexit
 import json
+import os
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
 from trainer_helpers import tiny_trainer
 
 from equirecon.training.trainer import EquiReconTrainer
@@ -18,7 +22,16 @@ class RecordingTrainer(EquiReconTrainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
+def record_exit(output_dir: str, rank: str) -> None:
+    """Registered before training, so it runs after the exit handlers that training registers."""
+    tasks = Path("/proc/self/task")
+    threads = [(task / "comm").read_text().strip() for task in tasks.iterdir()] if tasks.exists() else None
+    record = {"group_initialized": dist.is_initialized(), "threads": threads}
+    Path(output_dir, f"exit-rank{rank}.json").write_text(json.dumps(record))
+
+
 def main(output_dir: str) -> None:
+    atexit.register(record_exit, output_dir, os.environ["RANK"])
     trainer = tiny_trainer(output_dir, max_steps=3)
     trainer.__class__ = RecordingTrainer
     trainer.seen = []

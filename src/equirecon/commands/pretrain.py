@@ -19,6 +19,7 @@ from ..command_line import config_action, format_help, parse_dataclass_arguments
 from ..imaging.sources import load_images
 from ..model_card import EQUIVARIANCE_FILE
 from ..modeling import EquiReconForPreTraining
+from ..reporting import equivariance_table, lowered_by_training
 from ..training import pretrain
 from ..training.arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
 
@@ -66,10 +67,16 @@ def evaluate_equivariance(
     Every read-out in `evaluation_args.equivariance_features` is scored (the first, with its θ-shuffled control, is
     the headline), and so is `reference`, the model the run started from (a random initialisation of the same
     config and seed, or the checkpoint of `--init_from` / `--model_name_or_path`), so the card shows what this run's
-    pretraining added. The crops are cut from the validation split's photos (never seen in pretraining)
-    and split by crop into the regressor's training, early-stopping and scored crops. Inputs are normalised as the image processor saved in `output_dir` says (a warm
-    start keeps its checkpoint's statistics)."""
+    pretraining added. The crops are cut from the validation split's photos (never seen in pretraining) with the
+    protocol of `equirecon evaluate equivariance` (its folds, scored folds, seed and the dataset's settings), so the
+    card and that command give the same model the same R². Inputs are normalised as the image processor saved in
+    `output_dir` says (a warm start keeps its checkpoint's statistics)."""
     from ..evaluation import FeatureCache, InputSpec, RegressorConfig, run_equivariance_benchmark
+    from ..evaluation.arguments import EquivarianceArguments, EvaluateRunArguments
+    from ..evaluation.equivariance import dataset_settings, family_configs
+
+    protocol, benchmark_seed = EquivarianceArguments(), EvaluateRunArguments().seed
+    settings = dataset_settings(data_args.dataset)
 
     # Photos the encoder was not pretrained on.
     images = load_images(data_args.dataset, split=data_args.validation_split)
@@ -85,15 +92,19 @@ def evaluate_equivariance(
             feature: run_equivariance_benchmark(
                 encoder,
                 images,
-                families=evaluation_args.equivariance_families,
+                families=family_configs(evaluation_args.equivariance_families, data_args.dataset),
                 feature=feature,
                 input_spec=input_spec,
                 num_crops=evaluation_args.equivariance_num_crops,
-                scored_folds=1,  # one split: the whole cross-validation is `equirecon evaluate equivariance`
-                regressor=RegressorConfig(epochs=evaluation_args.equivariance_epochs),
+                folds=protocol.folds,
+                scored_folds=protocol.scored_folds,
+                group_by=settings["group_by"],
+                crop_scale=settings["crop_scale"],
+                border=settings["border"],
+                regressor=RegressorConfig(epochs=evaluation_args.equivariance_epochs, patience=protocol.patience),
                 max_images=evaluation_args.equivariance_max_images,
                 image_column=data_args.image_column or "image",
-                seed=seed,
+                seed=benchmark_seed,
                 cache=cache,
                 shuffled_control=feature == features[0],
             )
@@ -118,7 +129,8 @@ def evaluate_equivariance(
             "read_outs": {feature: result.to_dict() for feature, result in score(encoder).items()},
         }
     (output_dir / EQUIVARIANCE_FILE).write_text(json.dumps(results, indent=2))
-    logger.info("Equivariance benchmark:\n%s", "\n".join(result.table() for result in read_outs.values()))
+    summary = [equivariance_table(results), *lowered_by_training(results)]
+    logger.info("Equivariance benchmark, with its controls:\n%s", "\n".join(summary))
     return results
 
 

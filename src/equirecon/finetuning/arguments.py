@@ -36,6 +36,15 @@ class FinetuneModelArguments:
     freeze_backbone: bool = field(
         default=False, metadata={"help": "Train only the head (linear probing); the encoder gets no gradient."}
     )
+    head_init: str = field(
+        default="probe",
+        metadata={
+            "help": "How a frozen encoder's new linear classification head starts: `probe` (logistic regression on "
+            "the frozen features of the training images, as `equirecon evaluate linear`; the epochs then adapt it "
+            "to the augmentations) or `random`.",
+            "choices": ["probe", "random"],
+        },
+    )
     segmentation_head: str | None = field(
         default=None,
         metadata={
@@ -104,7 +113,7 @@ class FinetuneDataArguments:
         default=None,
         metadata={
             "help": "Classification: RandomResizedCrop area range (default: DINOv2's 0.08 1.0; 0.5 1.0 for the "
-            "built-in 8×8 digits and 25×25 faces)."
+            "built-in 8×8 digits and 25×25 faces, and 1.0 1.0, the whole image, for digits with --freeze_backbone)."
         },
     )
     scale_range: list[float] = field(

@@ -150,6 +150,9 @@ def image_processor_for(task: str, spec: InputSpec, reduce_labels: bool = False)
 
 def describe_protocol(model_args: FinetuneModelArguments, model: PreTrainedModel) -> str:
     probe = "linear probe (encoder frozen)" if model_args.freeze_backbone else "full fine-tuning"
+    if model_args.freeze_backbone and model_args.task == "classification":
+        start = "logistic regression on its frozen features" if model_args.head_init == "probe" else "random"
+        probe = f"linear probe (encoder frozen, head started from {start})"
     if model_args.task == "segmentation" and getattr(model.config, "segmentation_head", None):
         head = (
             "linear head on the last layer's patch grid"

@@ -3,6 +3,7 @@ training)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,15 @@ class DataArguments:
             raise ValueError(f"--max_eval_samples must be >= 1, got {self.max_eval_samples}.")
 
 
+def default_dataloader_workers() -> int:
+    """DataLoader workers when none are asked for: with CUDA, this process's share of the CPU cores (at most 8), so
+    that the pair pipeline keeps up with the device; without CUDA none, as the cores would be taken from the model."""
+    if not torch.cuda.is_available():
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
 @dataclass
 class EquiReconTrainingArguments(RunOutputArguments, TrainingArguments):
     """`TrainingArguments` plus the method's own: the learning-rate scaling rule, the loss weights, the
@@ -134,6 +144,14 @@ class EquiReconTrainingArguments(RunOutputArguments, TrainingArguments):
     )
     view_preset: str = field(default="all", metadata={"help": f"Base augmentations A1/A2, one of {VIEW_PRESETS}."})
     crop_scale: list[float] = field(default_factory=lambda: [0.32, 1.0], metadata={"help": "RandomResizedCrop scale."})
+    context_fill: str = field(
+        default="reflect",
+        metadata={
+            "help": "What g_θ draws in from beyond the photo's border: its reflection (natural photos) or black "
+            "(objects on a black background, e.g. fashion_mnist).",
+            "choices": ["reflect", "black"],
+        },
+    )
     local_crops_number: int = field(
         default=0,
         metadata={"help": "Multi-crop: local crops per image, seen by the student only (DINO family; DINOv2 uses 8)."},
@@ -157,6 +175,10 @@ class EquiReconTrainingArguments(RunOutputArguments, TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    dataloader_num_workers: int = field(
+        default_factory=default_dataloader_workers,
+        metadata={"help": "DataLoader worker processes (default: with CUDA, the process's share of the cores, <= 8)."},
+    )
     accelerator_config: dict | str | None = field(
         # Each process reads its own shards of a streamed dataset instead of rank 0 reading for everyone.
         default_factory=lambda: {"dispatch_batches": False},

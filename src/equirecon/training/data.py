@@ -7,13 +7,16 @@ a ``datasets.IterableDataset`` that works with ``Trainer`` (set ``max_steps``), 
 multi-node training: work is split by shards, so each shard is read by exactly one (rank, worker).
 
 Real-world inputs are normalised by :func:`~equirecon.imaging.decoding.to_rgb_uint8` (grayscale, palette, RGBA, CMYK,
-16-bit, tiny images). An image that cannot be decoded is skipped with a counted warning instead of ending the run:
-images are decoded here, not by ``datasets``, so the failure happens where it can be caught.
+16-bit, tiny images). An image that cannot be decoded is skipped with a warning instead of ending the run, and
+named in the next example (``SKIPPED_IMAGES_KEY``), so that the trainer counts every skipped image exactly, whichever
+DataLoader worker read it: images are decoded here, not by ``datasets``, so the failure happens where it can be
+caught.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +37,7 @@ __all__ = [
     "find_image_column",
     "image_folder_to_parquet",
     "load_images",
-    "num_skipped_images",
+    "SKIPPED_IMAGES_KEY",
 ]
 
 logger = logging.getLogger(__name__)
@@ -136,28 +139,40 @@ def _default_num_shards(num_examples: int, world_size: int) -> int:
     return max(shards, 1)
 
 
-# Images skipped by this process (each DataLoader worker counts its own).
-_num_skipped = 0
+#: Key of the examples' and batches' list of the undecodable images skipped since the previous example: they travel
+#: with the data from whichever DataLoader worker or process read them, so the trainer counts them exactly.
+SKIPPED_IMAGES_KEY = "skipped_images"
 # Give up when this many images in a row failed before any succeeded: the source, not one file, is broken.
 _MAX_FAILURES_BEFORE_FIRST_SUCCESS = 100
 
 
-def num_skipped_images() -> int:
-    """How many undecodable images this process has skipped (DataLoader workers count their own)."""
-    return _num_skipped
+def describe_image(value: Any) -> str:
+    """A name for an image that failed to decode: its path, else a digest of its bytes."""
+    if isinstance(value, dict):
+        if value.get("path"):
+            return str(value["path"])
+        value = value.get("bytes")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes, sha1 {hashlib.sha1(value).hexdigest()[:12]}>"
+    return f"<{type(value).__name__}>"
 
 
 class _TransformPairFunction:
-    """The batched ``map`` function: decode each image (skipping bad ones) and make its transform pair."""
+    """The batched ``map`` function: decode each image (skipping bad ones) and make its transform pair. Every
+    example carries, under `SKIPPED_IMAGES_KEY`, the images skipped since the one before it, and the last example of
+    a chunk those skipped after it (a chunk of images none of which decodes hands its names to the next chunk; at
+    the end of a finite stream they are only logged)."""
 
     def __init__(self, pair_maker: TransformPairMaker, column: str) -> None:
         self.pair_maker = pair_maker
         self.column = column
         self.num_decoded = 0
         self.num_failed = 0
+        self.pending: list[str] = []
+        self.logged: set[str] = set()
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {key: [] for key in TRANSFORM_PAIR_KEYS}
+        out: dict[str, list] = {key: [] for key in (*TRANSFORM_PAIR_KEYS, SKIPPED_IMAGES_KEY)}
         for value in batch[self.column]:
             try:
                 image = to_rgb_uint8(value, min_size=self.pair_maker.min_image_size)
@@ -168,21 +183,20 @@ class _TransformPairFunction:
             example = self.pair_maker(image)
             for key, value in example.items():  # the pair's keys, and `bool_masked_pos` when masking
                 out.setdefault(key, []).append(value)
+            out[SKIPPED_IMAGES_KEY].append(self.pending)
+            self.pending = []
+        if self.pending and out[SKIPPED_IMAGES_KEY]:  # the chunk's last example also names those skipped after it
+            out[SKIPPED_IMAGES_KEY][-1] = out[SKIPPED_IMAGES_KEY][-1] + self.pending
+            self.pending = []
         return out
 
     def _skip(self, value: Any, error: Exception) -> None:
-        global _num_skipped
-        _num_skipped += 1
         self.num_failed += 1
-        where = value.get("path") if isinstance(value, dict) else None
-        if _num_skipped <= 10 or _num_skipped % 1000 == 0:
-            logger.warning(
-                "Skipped an undecodable image%s: %s: %s (%d skipped so far in this process)",
-                f" ({where})" if where else "",
-                type(error).__name__,
-                error,
-                _num_skipped,
-            )
+        name = describe_image(value)
+        self.pending.append(name)
+        if name not in self.logged:  # once per image and reader; the trainer logs the run's exact count
+            self.logged.add(name)
+            logger.warning("Skipping an undecodable image: %s (%s: %s).", name, type(error).__name__, error)
         if self.num_decoded == 0 and self.num_failed >= _MAX_FAILURES_BEFORE_FIRST_SUCCESS:
             raise RuntimeError(
                 f"the first {self.num_failed} images of column {self.column!r} all failed to decode "
@@ -190,14 +204,19 @@ class _TransformPairFunction:
             ) from error
 
 
-def collate_transform_pairs(examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+def collate_transform_pairs(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack transform-pair examples into a batch (``pixel_values`` (B,3,S,S), ``base_pixel_values`` (B,3,S,S),
     ``transform_params`` (B,P)); other keys (``bool_masked_pos`` (B,2,N)) are stacked too when every example has
-    them."""
+    them. The undecodable images skipped before these examples, if any, come as a list of names under
+    `SKIPPED_IMAGES_KEY`."""
     if not examples:
         raise ValueError("cannot collate an empty list of examples")
     missing = [key for key in TRANSFORM_PAIR_KEYS if key not in examples[0]]
     if missing:
         raise ValueError(f"examples lack {missing}; got keys {sorted(examples[0])}")
-    keys = [key for key in examples[0] if all(key in example for example in examples)]
-    return {key: torch.stack([torch.as_tensor(example[key]) for example in examples]) for key in keys}
+    keys = [key for key in examples[0] if key != SKIPPED_IMAGES_KEY and all(key in example for example in examples)]
+    batch: dict[str, Any] = {key: torch.stack([torch.as_tensor(example[key]) for example in examples]) for key in keys}
+    skipped = [name for example in examples for name in example.get(SKIPPED_IMAGES_KEY) or ()]
+    if skipped:  # only batches that follow a skipped image carry the list
+        batch[SKIPPED_IMAGES_KEY] = skipped
+    return batch

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,16 +31,19 @@ from ..command_line import (
     parse_config_overrides,
     start_run,
 )
-from ..imaging.context import center_crop
 from ..imaging.sources import find_image_column, load_images
-from ..imaging.transformations import TransformationConfig, make_transformed_pair
+from ..imaging.transformations import TransformationConfig
 from ..model_card import EQUIVARIANCE_FILE, RUN_FILE, write_model_card
 from ..modeling import EquiReconConfig, EquiReconForPreTraining
-from ..modeling.configuration_equirecon import PRESETS
-from ..modeling.modeling_equirecon import masked_mse, pretrained_encoder_config
+from ..modeling.presets import PRESETS
+from ..modeling.warm_start import pretrained_encoder_config
+from ..publishing import push_output_directory, save_model_without_pushing
+from ..reporting import pairing_control, reconstruction_controls
 from .arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
 from .data import build_transform_pair_dataset, collate_transform_pairs
+from .figures import save_reconstruction_figure
 from .masking import BlockMaskGenerator
+from .run_record import run_record
 from .trainer import EquiReconTrainer
 from .views import TransformPairMaker
 
@@ -92,6 +95,7 @@ def with_overrides(config: EquiReconConfig, overrides: dict[str, Any]) -> EquiRe
         for key in ("stage_names", "out_features", "out_indices"):
             if key not in overrides:
                 encoder.pop(key, None)
+                fields.pop(key, None)
     return EquiReconConfig(**fields)
 
 
@@ -216,6 +220,7 @@ def build_datasets(
             image_mean=image_mean,
             image_std=image_std,
             crop_scale=tuple(training_args.crop_scale),
+            context_fill=training_args.context_fill,
             seed=seed,
             # Every process gets its own augmentation stream (Trainer seeds all ranks alike).
             rank=training_args.process_index,
@@ -260,91 +265,6 @@ def build_datasets(
         )
         evaluation = list(stream.take(data_args.max_eval_samples))
     return train, evaluation
-
-
-def save_reconstruction_figure(
-    model: EquiReconForPreTraining,
-    batch: dict[str, torch.Tensor],
-    transformation: TransformationConfig,
-    path: Path,
-    num_examples: int = 4,
-    image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-    image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
-) -> Path:
-    """Rows: examples. Columns: v1, u, the K targets, v2 (also the copy baseline's answer for every target), then
-    the K reconstructions, each labelled with its error and the copy baseline's on that target; all de-normalised
-    with `image_mean` and `image_std`, the statistics the batch was normalised with."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    model.eval()
-    device = next(model.parameters()).device
-    batch = {key: value[:num_examples].to(device) for key, value in batch.items()}
-    k = model.config.num_intermediates
-    size = batch["pixel_values"].shape[-1]
-    pair = make_transformed_pair(
-        batch["base_pixel_values"],
-        batch["transform_params"],
-        transformation,
-        k,
-        image_mean=image_mean,
-        image_std=image_std,
-        output_size=size,
-    )
-    with torch.no_grad():
-        outputs = model(
-            pixel_values=batch["pixel_values"],
-            transformed_pixel_values=pair.transformed,
-            return_loss=False,
-            output_reconstructions=True,
-        )
-    mean = torch.tensor(image_mean, device=device).view(3, 1, 1)
-    std = torch.tensor(image_std, device=device).view(3, 1, 1)
-
-    def image(tensor: torch.Tensor):
-        return (tensor * std + mean).clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
-
-    steps = [f"{i}/{k + 1}" for i in range(1, k + 1)]
-    titles = ["v1", "u"] + [f"target {s}θ" for s in steps] + ["v2 = copy baseline"]
-    labels: dict[int, str] = {}
-    if outputs.reconstructions is not None:
-        titles += [f"recon {s}θ" for s in steps]
-        first = len(titles) - k
-        for i in range(k):
-            mask = pair.target_masks[:, i]
-            recon = [
-                masked_mse(p[None], t[None], m[None]).item()
-                for p, t, m in zip(outputs.reconstructions[:, i], pair.targets[:, i], mask, strict=True)
-            ]
-            copy = [
-                masked_mse(p[None], t[None], m[None]).item()
-                for p, t, m in zip(pair.transformed, pair.targets[:, i], mask, strict=True)
-            ]
-            for row in range(len(recon)):
-                labels[row * len(titles) + first + i] = f"mse {recon[row]:.3f} (copy {copy[row]:.3f})"
-    rows = batch["pixel_values"].shape[0]
-    figure, axes = plt.subplots(rows, len(titles), figsize=(1.6 * len(titles), 1.7 * rows), squeeze=False)
-    for row in range(rows):
-        panels = [batch["pixel_values"][row], center_crop(batch["base_pixel_values"][row], size)]
-        panels += [pair.targets[row, i] for i in range(k)] + [pair.transformed[row]]
-        if outputs.reconstructions is not None:
-            panels += [outputs.reconstructions[row, i] for i in range(k)]
-        for column, (axis, panel) in enumerate(zip(axes[row], panels, strict=True)):
-            axis.imshow(image(panel))
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if row == 0:
-                axis.set_title(titles[column], fontsize=8)
-            if row * len(titles) + column in labels:
-                axis.set_xlabel(labels[row * len(titles) + column], fontsize=7)
-    parameters = ", ".join(transformation.parameter_names)
-    figure.suptitle(f"g = {transformation.family} ({parameters})", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
 
 
 class StartingPoint(NamedTuple):
@@ -479,11 +399,13 @@ def run(
     if trainer.is_world_process_zero():
         start_run(training_args.output_dir, command="pretrain", overwrite=training_args.overwrite_output_dir)
     train_result = trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir, resume))
-    trainer.save_model()
+    save_model_without_pushing(trainer)  # pushed with its card, results and picture once they are written
     metrics = dict(train_result.metrics)
     if eval_dataset:
         metrics.update(trainer.evaluate())
     trainer.log_metrics("all", metrics)
+    for line in filter(None, (reconstruction_controls(metrics), pairing_control(metrics))):
+        logger.info(line.replace("**", ""))
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir)
         # Under FSDP the trained model is sharded over the processes, and a forward on this one alone would wait for
@@ -497,47 +419,18 @@ def run(
         trainer.save_state()
         (output_dir / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
         if eval_dataset:
-            figure_batch = collate_transform_pairs(eval_dataset[:4])
             save_reconstruction_figure(
                 trained,
-                figure_batch,
+                collate_transform_pairs(eval_dataset[:4]),
                 transformation,
                 output_dir / "reconstructions.png",
                 image_mean=image_mean,
                 image_std=image_std,
+                blend_coefficients=trainer.blend_coefficients,
             )
-        record = {
-            "model_arguments": asdict(model_args),
-            "data_arguments": asdict(data_args),
-            "training_arguments": {
-                key: value
-                for key, value in training_args.to_dict().items()
-                if key
-                in {
-                    "max_steps",
-                    "per_device_train_batch_size",
-                    "gradient_accumulation_steps",
-                    "learning_rate",
-                    "base_learning_rate",
-                    "weight_decay",
-                    "lr_scheduler_type",
-                    "warmup_steps",
-                    "seed",
-                    "bf16",
-                    "fp16",
-                    "view_preset",
-                }
-            },
-            "init_from": _initialisation_record(model_args.init_from, config),
-            "effective_batch_size": training_args.effective_batch_size,
-            "world_size": training_args.world_size,
-            "reconstruction_weight": config.reconstruction_weight,
-            "ssl_weight": config.ssl_weight,
-            "transformation": transformation.to_dict(),
-            "wall_time_seconds": time.time() - started,
-            "metrics": metrics,
-            "final_train_losses": _last_logged_losses(trainer.state.log_history),
-        }
+        record = run_record(
+            model_args, data_args, training_args, config, transformation, trainer, metrics, time.time() - started
+        )
         if wants_benchmark:
             reference = starting_point(model_args, training_args) if evaluation_args.equivariance_reference else None
             equivariance = evaluate_equivariance(
@@ -552,23 +445,6 @@ def run(
         (output_dir / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
         finish_run(output_dir, keep_checkpoints=training_args.keep_checkpoints)
         card = write_model_card(output_dir)
+        push_output_directory(trainer)
         logger.info("Wrote %s; the model loads with AutoModel.from_pretrained(%r).", card, str(output_dir))
     return metrics
-
-
-def _initialisation_record(source: str | None, config: EquiReconConfig) -> dict[str, Any] | None:
-    """Which checkpoint the encoder started from, for the model card (`local`: a directory, not a Hub id)."""
-    if not source:
-        return None
-    return {
-        "checkpoint": source,
-        "local": Path(source).expanduser().is_dir(),
-        "model_type": config.backbone_config.model_type,
-    }
-
-
-def _last_logged_losses(history: list[dict[str, Any]]) -> dict[str, float]:
-    for entry in reversed(history):
-        if "loss" in entry:
-            return {key: entry[key] for key in ("loss", "ssl_loss", "reconstruction_loss") if key in entry}
-    return {}

@@ -1,9 +1,10 @@
 """The EMA teacher's share of training: a `TrainerCallback` that drives the DINO family's schedules from the Trainer's
 `global_step`.
 
-The schedules are functions of the step (`EquiReconForPreTraining.set_training_progress`, `update_teacher`,
-`cancel_last_layer_gradients`), and the teacher's weights and centres are part of the model's state dict, so a run
-resumed from a checkpoint continues exactly where it stopped. Trainer calls these events once per optimizer step,
+The schedules are functions of the step that this callback computes (`TeacherSchedules`) and hands to the model
+(`set_teacher_temperature`, `cancel_last_layer_gradients`, `update_teacher(momentum)`), as dinov2's training loop
+does; the teacher's weights and centres are part of the model's state dict, so a run resumed from a checkpoint
+continues exactly where it stopped. Trainer calls these events once per optimizer step,
 not per micro-batch of gradient accumulation, which is what the EMA update and the centres need: the centres collect
 every micro-batch's teacher scores and move once, in `update_teacher`, as if the step's batch had been one.
 """
@@ -15,6 +16,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging
+
+from ..modeling.teacher import TeacherSchedules
 
 logger = logging.get_logger(__name__)
 
@@ -50,18 +53,23 @@ class TeacherCallback(TrainerCallback):
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
     ) -> None:
-        model.set_training_progress(state.global_step, state.max_steps)
+        model.set_teacher_temperature(_schedules(model, state).temperature(state.global_step))
 
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
     ) -> None:
-        model.cancel_last_layer_gradients(state.global_step, state.max_steps)
+        if _schedules(model, state).freezes_last_layer(state.global_step):
+            model.cancel_last_layer_gradients()
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
     ) -> None:
         # global_step already counts the step just taken; the momentum schedule is indexed from 0.
-        model.update_teacher(state.global_step - 1, state.max_steps)
+        model.update_teacher(_schedules(model, state).momentum(state.global_step - 1))
+
+
+def _schedules(model: Any, state: TrainerState) -> TeacherSchedules:
+    return TeacherSchedules.from_config(model.config, state.max_steps)
 
 
 def _is_fsdp1(model: Any) -> bool:

@@ -13,29 +13,43 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..imaging.transformations import TransformationConfig, make_transformed_pair
+from ..imaging.transformations import TransformationConfig, TransformedPair, make_transformed_pair
 from ..modeling.modeling_equirecon import masked_mse
+from ..modeling.pretraining_inputs import reconstructed_pairs
+from ..process_group import LeaveProcessGroupAtExit
 from .arguments import EquiReconTrainingArguments
+from .controls import (
+    BLEND_BASELINES,
+    BLURRED_COPY_KERNEL,
+    COPY_BASELINES,
+    NUM_HALVES,
+    blend_inputs,
+    blend_losses,
+    blend_statistics,
+    box_blur,
+    copy_answers,
+    cross_fitted_coefficients,
+)
+from .data import SKIPPED_IMAGES_KEY
+from .progress import TrainingTimeCallback
 from .teacher import TeacherCallback
 
+__all__ = [
+    "BLEND_BASELINES",
+    "BLURRED_COPY_KERNEL",
+    "COPY_BASELINES",
+    "UNPAIRED_CONTROL",
+    "EquiReconTrainer",
+    "NonFiniteLossError",
+    "box_blur",
+    "check_config_agrees",
+]
+
 LOSS_COMPONENTS = ("ssl_loss", "reconstruction_loss")
-COPY_BASELINES = ("copy_view2_loss", "copy_blurred_view2_loss", "copy_view1_loss")
-"""Evaluation controls: the reconstruction loss of answering every target with view 2 itself, with view 2 through a
-5×5 box blur, and with view 1, on the same pairs and masks. Decoders that do not beat all three have learnt nothing
-about the in-between states: the blurred copy is the trivial answer a low-pass decoder must beat (the targets lie
-between v2 and u, so an MSE-optimal guess that ignores θ is a smoothed v2)."""
-BLURRED_COPY_KERNEL = 5
 UNPAIRED_CONTROL = "unpaired_reconstruction_loss"
 """Evaluation control: the decoders' loss when each pair's first view is replaced by the next pair's in the batch.
 θ links the two views of a pair, so decoders that read θ from the pair do worse unpaired; decoders that reconstruct
 from view 2 alone do as well (a batch of one example has no other pair and does not count)."""
-
-
-def box_blur(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Mean over a `size`×`size` window (odd `size`), mirrored at the border so the image keeps its size."""
-    radius = size // 2
-    padded = nn.functional.pad(images, (radius, radius, radius, radius), mode="reflect")
-    return nn.functional.avg_pool2d(padded, size, stride=1)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -66,8 +80,10 @@ class EquiReconTrainer(Trainer):
     the next log or checkpoint, before a checkpoint of the broken weights is written.
     `ssl_loss` and `reconstruction_loss` are logged next to `loss` (averaged over the steps since the last log and
     over processes), and evaluation reports them as `eval_ssl_loss` and `eval_reconstruction_loss`, next to the
-    controls `eval_copy_view2_loss`, `eval_copy_blurred_view2_loss` and `eval_copy_view1_loss` (`COPY_BASELINES`)
-    and `eval_unpaired_reconstruction_loss` (`UNPAIRED_CONTROL`).
+    controls `eval_copy_view2_loss`, `eval_copy_blurred_view2_loss` and `eval_copy_view1_loss` (`COPY_BASELINES`),
+    `eval_copy_blend_loss` and `eval_copy_blurred_blend_loss` (`BLEND_BASELINES`, the best θ-free blend of the two
+    views, cross-fitted over two halves of the evaluation pairs; see `equirecon.training.controls`) and
+    `eval_unpaired_reconstruction_loss` (`UNPAIRED_CONTROL`).
 
     Args:
         transformation: g_θ. Default: the model config's `transformation`, overridden by the training arguments.
@@ -103,11 +119,24 @@ class EquiReconTrainer(Trainer):
             check_config_agrees(training_args, config)
         # Per phase and component: (sum of batch values, number of batches that counted), on the device.
         self._component_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
+        # The blend controls' coefficients during an evaluation, and the position of the next evaluation pair.
+        self._blend_coefficients: dict[str, torch.Tensor] | None = None
+        #: The last evaluation's blend fits ({name: (2, K, 2)}; half i mod 2 of its pairs), for the run's picture.
+        self.blend_coefficients: dict[str, torch.Tensor] | None = None
+        self._evaluation_position = 0
         self._component_counts: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._non_finite: tuple[torch.Tensor, torch.Tensor] | None = None
         self._components_present: list[str] = []
         if getattr(self.model, "teacher", None) is not None:  # DINO family: the EMA teacher follows global_step
             self.add_callback(TeacherCallback)
+        self.add_callback(LeaveProcessGroupAtExit(self))  # several processes: leave the group cleanly at exit
+        #: Training time across interruptions, and where a resumed run resumed from.
+        self.training_time = TrainingTimeCallback()
+        self.add_callback(self.training_time)
+        #: The undecodable images the batches reported skipped (distinct, all workers and processes), as of the
+        #: last log or evaluation; training logs their number as `skipped_images` once there is one.
+        self.skipped_images: list[str] = []
+        self._skipped_here: set[str] = set()
 
     def compute_loss(
         self,
@@ -116,21 +145,14 @@ class EquiReconTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | None = None,
     ):
+        self._skipped_here.update(inputs.pop(SKIPPED_IMAGES_KEY, None) or ())
         missing = [key for key in ("pixel_values", "base_pixel_values", "transform_params") if key not in inputs]
         if missing:
             raise KeyError(
                 f"Batch lacks {missing}; EquiReconTrainer expects transform pairs (equirecon.training.data) and "
                 f"remove_unused_columns=False. Found keys: {sorted(inputs)}."
             )
-        pair = make_transformed_pair(
-            inputs["base_pixel_values"],
-            inputs["transform_params"],
-            self.transformation,
-            self.model.config.num_intermediates,
-            image_mean=self.image_mean,
-            image_std=self.image_std,
-            output_size=inputs["pixel_values"].shape[-1],  # u may carry a context margin around the view
-        )
+        pair = self._transformed_pair(inputs)
         with_reconstruction = self.reconstruction_weight > 0
         outputs = model(
             pixel_values=inputs["pixel_values"],
@@ -148,30 +170,90 @@ class EquiReconTrainer(Trainer):
         components = {name: getattr(outputs, name) for name in LOSS_COMPONENTS}
         weights: dict[str, torch.Tensor] = {}
         if outputs.reconstruction_loss is not None:
-            # The model leaves masked pairs (iBOT, DINOv2) out of the reconstruction loss; the controls must score
-            # the same pairs, and a batch without any unmasked pair must not count as a loss of 0.
-            masks = pair.target_masks
-            if inputs.get("bool_masked_pos") is not None:
-                unmasked = ~inputs["bool_masked_pos"].flatten(1).any(dim=1)
-                masks = masks * unmasked.to(masks.dtype).view(-1, *([1] * (masks.ndim - 1)))
-                weights["reconstruction_loss"] = unmasked.any().float()
+            masks, counts = self._control_masks(pair, outputs.reconstructed_pairs)
+            if counts is not None:
+                weights["reconstruction_loss"] = counts
             if phase == "eval":
-                components.update(self._copy_baselines(inputs["pixel_values"], pair, masks))
-                weights.update(dict.fromkeys(COPY_BASELINES, weights.get("reconstruction_loss")))
+                first_view = inputs["pixel_values"]
+                targets = pair.targets
+                for name, answer in copy_answers(first_view, pair.transformed).items():
+                    components[name] = masked_mse(answer.unsqueeze(1).expand_as(targets), targets, masks)
+                controls = list(COPY_BASELINES)
+                if self._blend_coefficients is not None:
+                    halves = self._next_halves(len(first_view), first_view.device)
+                    blends = blend_losses(
+                        first_view, pair.transformed, targets, masks, halves, self._blend_coefficients
+                    )
+                    components.update(blends)
+                    controls += list(blends)
+                weights.update(dict.fromkeys(controls, counts))
                 components[UNPAIRED_CONTROL] = self._unpaired_reconstruction_loss(model, outputs, pair, masks)
                 has_other_pair = torch.tensor(float(len(masks) > 1), device=masks.device)
-                weights[UNPAIRED_CONTROL] = has_other_pair * weights.get("reconstruction_loss", 1.0)
+                weights[UNPAIRED_CONTROL] = has_other_pair * (1.0 if counts is None else counts)
         self._record_components(phase, components, weights)
         return (loss, outputs) if return_outputs else loss
 
+    def _transformed_pair(self, inputs: dict[str, torch.Tensor]) -> TransformedPair:
+        """v2 and the K targets with their masks, made on the device from the batch's u and θ."""
+        return make_transformed_pair(
+            inputs["base_pixel_values"],
+            inputs["transform_params"],
+            self.transformation,
+            self.model.config.num_intermediates,
+            image_mean=self.image_mean,
+            image_std=self.image_std,
+            output_size=inputs["pixel_values"].shape[-1],  # u may carry a context margin around the view
+        )
+
     @staticmethod
-    def _copy_baselines(first_view: torch.Tensor, pair: Any, masks: torch.Tensor) -> dict[str, torch.Tensor]:
-        targets = pair.targets
-        answers = (pair.transformed, box_blur(pair.transformed, BLURRED_COPY_KERNEL), first_view)
-        return {
-            name: masked_mse(view.unsqueeze(1).expand_as(targets), targets, masks)
-            for name, view in zip(COPY_BASELINES, answers, strict=True)
-        }
+    def _control_masks(
+        pair: TransformedPair, counted_pairs: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The target masks the controls score, and whether the batch counts (None: it does). The model leaves masked
+        pairs (iBOT, DINOv2) out of the reconstruction loss and returns the pairs it counted (`reconstructed_pairs`,
+        None: all); the controls score the same pairs, and a batch without any must not count as a loss of 0."""
+        masks = pair.target_masks
+        if counted_pairs is None:
+            return masks, None
+        masks = masks * counted_pairs.to(masks.dtype).view(-1, *([1] * (masks.ndim - 1)))
+        return masks, counted_pairs.any().float()
+
+    def _next_halves(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Which half of the evaluation pairs each pair of the next batch belongs to: alternate positions in the
+        evaluation order, the same in the fitting pass and the scoring pass."""
+        positions = torch.arange(self._evaluation_position, self._evaluation_position + batch_size, device=device)
+        self._evaluation_position += batch_size
+        return positions % NUM_HALVES
+
+    def _fit_blends(self, dataloader: Any) -> dict[str, torch.Tensor] | None:
+        """The blend controls' coefficients, (2, K, 2) per blend: one pass over the evaluation pairs (no model call)
+        sums the normal equations of each half, then each half gets the fit of the other. None when the evaluation
+        set cannot be cut in two halves (fewer than two pairs) or the model has no decoders."""
+        if self.reconstruction_weight <= 0:
+            return None
+        self._evaluation_position = 0
+        sums: dict[str, list[torch.Tensor]] = {}
+        with torch.no_grad():
+            for batch in dataloader:
+                inputs = self._prepare_inputs(batch)
+                pair = self._transformed_pair(inputs)
+                # No model call in this pass: the model's rule for the pairs its reconstruction loss counts.
+                masks, _ = self._control_masks(pair, reconstructed_pairs(inputs.get("bool_masked_pos")))
+                halves = self._next_halves(len(masks), masks.device)
+                for name, (first, second) in blend_inputs(inputs["pixel_values"], pair.transformed).items():
+                    gram, moments = blend_statistics(first, second, pair.targets, masks, halves)
+                    previous = sums.get(name)
+                    sums[name] = [gram, moments] if previous is None else [previous[0] + gram, previous[1] + moments]
+        self._evaluation_position = 0
+        if not sums:
+            return None
+        coefficients = {}
+        for name in BLEND_BASELINES:
+            gram, moments = (self.accelerator.reduce(value.contiguous(), reduction="sum") for value in sums[name])
+            if not bool((gram[:, :, 0, 0] > 0).all()):  # a half without any valid pixel: no fit to score with
+                return None
+            coefficients[name] = cross_fitted_coefficients(gram, moments)
+        return coefficients
 
     def _unpaired_reconstruction_loss(
         self, model: nn.Module, outputs: Any, pair: Any, masks: torch.Tensor
@@ -262,9 +344,21 @@ class EquiReconTrainer(Trainer):
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         self._check_finite()  # Trainer syncs here anyway
+        self._gather_skipped_images()
         if "loss" in logs:
             logs.update({name: round(value, 6) for name, value in self._pop_component_means("train").items()})
+            if self.skipped_images:
+                logs["skipped_images"] = len(self.skipped_images)
         super().log(logs, *args, **kwargs)
+
+    def _gather_skipped_images(self) -> None:
+        """Update `skipped_images` from every process (a collective call: every process logs and evaluates)."""
+        found = [self._skipped_here]
+        if self.args.world_size > 1:
+            from accelerate.utils import gather_object
+
+            found = gather_object([self._skipped_here])
+        self.skipped_images = sorted(set().union(*found))
 
     def evaluation_loop(
         self,
@@ -275,9 +369,16 @@ class EquiReconTrainer(Trainer):
         metric_key_prefix: str = "eval",
     ):
         self._pop_component_means("eval")  # start clean
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        self._blend_coefficients = self.blend_coefficients = self._fit_blends(dataloader)
+        try:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+        finally:
+            self._blend_coefficients, self._evaluation_position = None, 0
         for name, value in self._pop_component_means("eval").items():
             output.metrics[f"{metric_key_prefix}_{name}"] = value
+        self._gather_skipped_images()
         return output
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:

@@ -7,7 +7,10 @@ the config's `architectures` tell the kind, and the kind says which files the ca
   `equirecon pretrain`) and `equivariance_results.json` (the equivariance benchmark, written by `equirecon pretrain`
   or `equirecon evaluate equivariance --output`, with its `model-index` entries under `eval_results`);
 - a fine-tuned model (`…ForImageClassification`, `…ForSemanticSegmentation`): `config.json`, `equirecon_run.json`
-  (written by `equirecon finetune`: base model, protocol, data, measured metrics, hyperparameters, training log).
+  (written by `equirecon finetune`: base model, protocol, data, measured metrics, hyperparameters, training log;
+  read by `equirecon.model_card.finetuned`).
+
+Every effect figure stands next to its controls (`equirecon.reporting`), in the text and in the model-index.
 
 Every card has the same metadata (license, library, pipeline tag of its task, tags, model-index), summary, model
 description, usage snippet, the sections of its kind (training recipe and equivariance benchmark; data, results
@@ -17,14 +20,21 @@ and training procedure) and limitations, in the one template `templates/model_ca
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from transformers.modelcard import make_markdown_table, parse_log_history
+
+from ..reporting import (
+    control_eval_results,
+    duration,
+    equivariance_table,
+    lowered_by_training,
+    pairing_control,
+    reconstruction_controls,
+)
 
 RUN_FILE = "equirecon_run.json"
 EQUIVARIANCE_FILE = "equivariance_results.json"
@@ -91,7 +101,7 @@ def _training_summary(run: dict[str, Any] | None) -> str:
         f"- {training['max_steps']} optimizer steps, effective batch {run['effective_batch_size']} "
         f"({run['world_size']} process(es)), AdamW lr {lr:.3g}, weight decay {training.get('weight_decay')}, "
         f"{training.get('lr_scheduler_type')} schedule, seed {training.get('seed')}.",
-        f"- Wall time: {run['wall_time_seconds'] / 60:.1f} min.",
+        f"- {_wall_time(run)}",
     ]
     start = run.get("init_from")
     if start:  # a warm start (`equirecon pretrain --init_from`)
@@ -111,9 +121,30 @@ def _training_summary(run: dict[str, Any] | None) -> str:
     }
     if evaluation:
         lines.append("- Held-out losses: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(evaluation.items())) + ".")
-    controls = [_reconstruction_controls(metrics), _pairing_control(metrics)]
-    lines += [line for line in controls if line]
+    lines += [f"- {line}" for line in (reconstruction_controls(metrics), pairing_control(metrics)) if line]
+    skipped = run.get("skipped_images")
+    if skipped:
+        names = ", ".join(f"`{name}`" for name in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        lines.append(f"- {len(skipped)} undecodable image(s) were skipped: {names}.")
+    elif "skipped_images" in run:
+        lines.append("- Every image read decoded; none was skipped.")
     return "\n".join(lines)
+
+
+def _wall_time(run: dict[str, Any]) -> str:
+    """The run's wall time; for a resumed run, this session's, the time before the interruption, and their sum."""
+    session = run["wall_time_seconds"]
+    resumed = run.get("resumed")
+    if not resumed:
+        return f"Wall time: {duration(session)}."
+    before = resumed.get("training_seconds_before")
+    where = f"resumed from `{Path(resumed['checkpoint']).name}` at step {resumed['step']}"
+    if before is None:
+        return f"Wall time: {duration(session)} after the run was {where}; the time before it was not recorded."
+    return (
+        f"Wall time: {duration(session + before)} in total: the run was interrupted and {where}, after "
+        f"{duration(before)} of training; {duration(session)} after resuming."
+    )
 
 
 def _checkpoint_link(start: dict[str, Any]) -> str:
@@ -122,93 +153,35 @@ def _checkpoint_link(start: dict[str, Any]) -> str:
     return f"the local checkpoint `{name}`" if start["local"] else f"[`{name}`](https://huggingface.co/{name})"
 
 
-def _reconstruction_controls(metrics: dict[str, Any]) -> str | None:
-    """Whether the decoders beat the trivial answers (each target := view 2, := view 2 blurred, := view 1) on the
-    held-out pairs."""
-    loss = metrics.get("eval_reconstruction_loss")
-    names = {"view2": "view 2", "blurred_view2": "a 5×5 box blur of view 2", "view1": "view 1"}
-    copies = {key: metrics[f"eval_copy_{key}_loss"] for key in names if f"eval_copy_{key}_loss" in metrics}
-    if loss is None or not copies:
-        return None
-    missed = [key for key, value in copies.items() if loss >= value]
-    verdict = (
-        f"the decoders beat all {len(copies)} copy baselines"
-        if not missed
-        else "the decoders do **not** beat "
-        + " or ".join(f"copying {names[key]}" for key in missed)
-        + ": they have not learnt the in-between states, and the equivariance results below should be read with "
-        "that in mind"
-    )
-    answers = "; ".join(f"with {names[key]} {value:.4f}" for key, value in copies.items())
-    return (
-        f"- Reconstruction control (held-out pairs): decoders {loss:.4f}; answering every target {answers}: {verdict}."
-    )
-
-
-def _pairing_control(metrics: dict[str, Any]) -> str | None:
-    """How much of the decoders' answer comes from the pair: their error when each pair's view 1 is another pair's."""
-    loss, unpaired = metrics.get("eval_reconstruction_loss"), metrics.get("eval_unpaired_reconstruction_loss")
-    if loss is None or unpaired is None:
-        return None
-    change = 100 * (unpaired - loss) / loss
-    verdict = (
-        f"without the true view 1 their error rises by {change:.1f} %" if change > 0 else "they do not read the pair"
-    )
-    return (
-        f"- Pairing control (held-out pairs): decoders {loss:.4f}, given another pair's view 1 {unpaired:.4f}: "
-        f"{verdict}. θ links the two views of a pair, so decoders that read θ from the pair lose accuracy without "
-        "their own view 1; decoders that work from view 2 alone lose nothing."
-    )
-
-
-def _r2_row(label: str, result: dict[str, Any], families: list[str], key: str = "r2") -> str:
-    values = result.get(key) or {}
-    cells = [f"{values[f]:.3f}" if f in values else "–" for f in families]
-    mean = sum(values[f] for f in families) / len(families) if all(f in values for f in families) else None
-    return f"| {label} | " + " | ".join(cells) + (f" | {mean:.3f} |" if mean is not None else " | – |")
-
-
 _REFERENCES = {
     "random initialisation": "random initialisation: the same config and seed, untrained",
 }
 
 
-def _evaluation_summary(equivariance: dict[str, Any] | None) -> str:
+def _evaluation_summary(equivariance: dict[str, Any] | None, directory: str) -> str:
     if equivariance is None:
         return (
-            "Not evaluated yet. Run `equirecon evaluate equivariance --model DIR --output "
-            f"DIR/{EQUIVARIANCE_FILE}` and `equirecon model-card DIR` to add the results."
+            f"Not evaluated yet. Run `equirecon evaluate equivariance --model {directory} --output "
+            f"{directory}/{EQUIVARIANCE_FILE}` and `equirecon model-card {directory}` to add the results."
         )
-    families = list(equivariance["r2"])
     settings = equivariance.get("settings", {})
-    read_outs = equivariance.get("read_outs") or {equivariance["feature"]: equivariance}
-    reference = equivariance.get("reference") or {}
-    if "random_init" in equivariance:  # written before the reference could be a warm start's checkpoint
-        reference = {"label": "random initialisation", "read_outs": equivariance["random_init"]}
-    reference_label, reference = reference.get("label", ""), reference.get("read_outs", {})
-    header = "| model, features | " + " | ".join(f"R² {f}" for f in families) + " | mean |"
-    rows = [header, "|---" * (len(families) + 2) + "|"]
-    for feature, result in read_outs.items():
-        rows.append(_r2_row(f"this model, {feature}", result, families))
-        if feature in reference:
-            rows.append(_r2_row(f"{reference_label}, {feature}", reference[feature], families))
-    for feature, result in read_outs.items():
-        if result.get("shuffled_r2"):
-            rows.append(_r2_row(f"θ-shuffled control (chance), {feature}", result, families, key="shuffled_r2"))
+    reference = (equivariance.get("reference") or {}).get("label") or (
+        "random initialisation" if "random_init" in equivariance else ""
+    )
     setting_text = ", ".join(f"{k}={v}" for k, v in settings.items() if not isinstance(v, (dict, list)))
-    table = "\n".join(rows)
     controls = (
-        f"The model this run started from ({_REFERENCES.get(reference_label, reference_label)}) and the regressor "
+        f"The model this run started from ({_REFERENCES.get(reference, reference)}) and the regressor "
         "fitted on shuffled θ are the controls: a trained row says something only where it clears both."
         if reference
         else "The regressor fitted on shuffled θ is the control: a row says something only where it clears it."
     )
+    lowered = "".join(f"\n\n{sentence}" for sentence in lowered_by_training(equivariance))
     return (
         "The paper's synthetic equivariance benchmark: g with a random θ is applied to images, the frozen encoder "
         "embeds I and g_θ(I), and an MLP regresses θ from the pair; R² on images the regressor was not fitted on "
-        f"({settings.get('protocol', 'held-out photos')}; {equivariance.get('r2_convention', 'global')} R², as SIE). Read-outs: `mean_patch` is the backbone's mean "
-        f"patch token, `equivariant` the mean of the head's equivariant part. {controls}"
-        f"\n\n{table}\n\nSettings: {setting_text or 'defaults'}."
+        f"({settings.get('protocol', 'held-out photos')}; {equivariance.get('r2_convention', 'global')} R², as SIE). "
+        "Read-outs: `mean_patch` is the backbone's mean patch token, `equivariant` the mean of the head's equivariant "
+        f"part. {controls}\n\n{equivariance_table(equivariance)}{lowered}\n\nSettings: {setting_text or 'defaults'}."
     )
 
 
@@ -219,19 +192,10 @@ PIPELINE_TASKS = {
     "segmentation": "image-segmentation",
 }
 _HEAD_TASKS = {"ForImageClassification": "classification", "ForSemanticSegmentation": "segmentation"}
-# Metrics written to a fine-tuned model's model-index: (key without "eval_", display name).
-_CARD_METRICS = {
-    "classification": [("accuracy", "Accuracy"), ("mean_class_accuracy", "Mean per-class accuracy")],
-    "segmentation": [
-        ("mean_iou", "Mean IoU"),
-        ("mean_accuracy", "Mean accuracy"),
-        ("overall_accuracy", "Pixel accuracy"),
-    ],
-}
 
 
 @dataclass
-class _CardContent:
+class CardContent:
     """What every card says, whatever the kind of model; the template lays it out."""
 
     tags: list[str]
@@ -265,7 +229,9 @@ def build_model_card(model_dir: str | Path, model_name: str | None = None, repo_
     if task == "pretraining":
         content = _pretrained_content(directory, config, run, repo_id)
     else:
-        content = _finetuned_content(directory, config, task, run, repo_id)
+        from .finetuned import finetuned_content  # the finetune command's record: its own module
+
+        content = finetuned_content(directory, config, task, run, repo_id)
     name = model_name or directory.resolve().name
     card_data = ModelCardData(
         license=content.license,
@@ -304,7 +270,7 @@ def write_model_card(model_dir: str | Path, model_name: str | None = None, repo_
 
 def _pretrained_content(
     directory: Path, config: dict[str, Any], run: dict[str, Any] | None, repo_id: str
-) -> _CardContent:
+) -> CardContent:
     if config.get("model_type") != "equirecon":
         raise ValueError(
             f"{directory} has no EquiRecon config.json (model_type 'equirecon'); is it a model directory?"
@@ -317,7 +283,7 @@ def _pretrained_content(
     d_patch, d_equi = config["d_patch"], config["d_equi"]
     hidden_size, k = backbone["hidden_size"], config["num_intermediates"]
     start = (run or {}).get("init_from")
-    return _CardContent(
+    return CardContent(
         tags=[
             "vision",
             "self-supervised-learning",
@@ -328,8 +294,13 @@ def _pretrained_content(
         ],
         datasets=[dataset] if dataset != "embedded" else None,
         base_model=start["checkpoint"] if start and not start["local"] else None,
-        # Written next to the results by the benchmark itself (EquivarianceResult.to_eval_results).
-        eval_results=[EvalResult(**entry) for entry in (equivariance or {}).get("eval_results", [])] or None,
+        # Written next to the results by the benchmark itself (EquivarianceResult.to_eval_results), then the
+        # controls' entries, named as such.
+        eval_results=[
+            EvalResult(**entry)
+            for entry in [*(equivariance or {}).get("eval_results", []), *control_eval_results(equivariance or {})]
+        ]
+        or None,
         summary=(
             f"An EquiRecon encoder: a {backbone['model_type']} Vision Transformer ({backbone['num_hidden_layers']} "
             f"layers, hidden size {hidden_size},\npatch {backbone['patch_size']}, {backbone['image_size']}×"
@@ -349,7 +320,9 @@ def _pretrained_content(
             f"image changes.\nReconstruction weight λ = {config['reconstruction_weight']}."
         ),
         usage=(
-            "```python\nimport torch\nfrom transformers import AutoImageProcessor, AutoModel\n\n"
+            "```python\nimport torch\nfrom transformers import AutoImageProcessor, AutoModel\n"
+            "from transformers.image_utils import load_image\n\n"
+            'image = load_image("http://images.cocodataset.org/val2017/000000039769.jpg")\n'
             f'processor = AutoImageProcessor.from_pretrained("{repo_id}")\n'
             f'model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)  # or `pip install equirecon` '
             "and `import equirecon`\n"
@@ -362,7 +335,7 @@ def _pretrained_content(
         ),
         sections=(
             f"## Training data and recipe\n\n{_training_summary(run)}\n\n"
-            f"## Evaluation\n\n{_evaluation_summary(equivariance)}"
+            f"## Evaluation\n\n{_evaluation_summary(equivariance, repo_id)}"
         ),
         limitations=(
             "- Pretrained at small scale unless the training section says otherwise: the paper's effect sizes "
@@ -371,115 +344,3 @@ def _pretrained_content(
             "- The invariant part inherits the biases of the pretraining images."
         ),
     )
-
-
-# ------------------------------------------------------------------------------------------------ fine-tuned models
-
-
-def _finetuned_content(
-    directory: Path, config: dict[str, Any], task: str, run: dict[str, Any] | None, repo_id: str
-) -> _CardContent:
-    """From the record of `equirecon finetune`: which model was fine-tuned from which base how (``description``),
-    on which data (``data``: ``name``, ``description``, ``eval_split``, ``builtin``), with which measured results
-    (``metrics``, Trainer's ``eval_*``), hyperparameters, Trainer's log and framework versions."""
-    if run is None or run.get("command") != "finetune":
-        raise ValueError(
-            f"{directory} holds a {task} model but no {RUN_FILE} written by `equirecon finetune`; the card of a "
-            "fine-tuned model is written by the run that trained it."
-        )
-    base_model, data, metrics = run["base_model"], run["data"], run["metrics"]
-    base = (
-        f"the local checkpoint `{base_model}`"
-        if run["local_base"]
-        else f"[`{base_model}`](https://huggingface.co/{base_model})"
-    )
-    _, lines, final = parse_log_history(run["log_history"])
-    results = "".join(f"\n- {name}: {_round(value)}" for name, value in (final or {}).items())
-    default_note = (
-        " No `--dataset` was given, so the built-in offline default was used; the figures show that the pipeline "
-        "works, not what the encoder is worth on real data."
-        if data["builtin"]
-        else ""
-    )
-    id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
-    procedure = (
-        "### Training hyperparameters\n\nThe following hyperparameters were used during training:\n"
-        + "\n".join(f"- {name}: {value}" for name, value in run["hyperparameters"].items())
-    )
-    if lines:
-        procedure += f"\n\n### Training results\n\n{make_markdown_table(lines)}"
-    procedure += "\n\n### Framework versions\n\n" + "\n".join(
-        f"- {name} {version}" for name, version in run["framework_versions"].items()
-    )
-    is_equirecon = config.get("model_type") == "equirecon"
-    return _CardContent(
-        license="apache-2.0" if is_equirecon else None,  # another architecture keeps its own licence
-        tags=[
-            *("equirecon", "vision", PIPELINE_TASKS[task]),
-            *("linear-probe" if run["linear_probe"] else "fine-tuned", "generated_from_trainer"),
-        ],
-        datasets=[data["name"]],
-        metrics=[_CARD_METRICS[task][0][0]],
-        base_model=None if run["local_base"] else base_model,
-        # Trainer's model-index only knows a fixed list of metric names (no mean IoU): ours lists the task's own.
-        eval_results=[
-            EvalResult(
-                task_type=PIPELINE_TASKS[task],
-                task_name=PIPELINE_TASKS[task].replace("-", " ").capitalize(),
-                dataset_type=data["name"],
-                dataset_name=data["name"],
-                dataset_split=data["eval_split"],
-                metric_type=metric,
-                metric_name=label,
-                metric_value=float(metrics[f"eval_{metric}"]),
-            )
-            for metric, label in _CARD_METRICS[task]
-            if math.isfinite(metrics.get(f"eval_{metric}", float("nan")))
-        ]
-        or None,
-        summary=f"This model was fine-tuned from {base} on the {data['name']} dataset."
-        + (f"\nIt achieves the following results on the evaluation set:{results}" if results else ""),
-        description=f"{(config.get('architectures') or ['A model'])[0]} fine-tuned from {base}: {run['description']}",
-        usage=(
-            "```python\nimport equirecon  # or trust_remote_code=True without the package\nfrom transformers import "
-            f'pipeline\n\npipe = pipeline("{PIPELINE_TASKS[task]}", model="{repo_id}")\n```'
-        ),
-        sections=(
-            f"## Training and evaluation data\n\n{data['description']}.{default_note}\n\n"
-            f"{_results_table(task, id2label, metrics)}\n\n## Training procedure\n\n{procedure}"
-        ),
-        limitations=(
-            f"- Measured on the `{data['eval_split']}` split of {data['name']} only; other data will score "
-            "differently.\n"
-            f"- The encoder carries what {base} learnt, biases included"
-            + (" (a linear probe leaves it unchanged)." if run["linear_probe"] else ".")
-        ),
-    )
-
-
-def _round(value: Any) -> str:
-    """As Trainer's card: floats with more than 4 decimals to 4."""
-    decimals = str(value).split(".")
-    return f"{value:.4f}" if isinstance(value, float) and len(decimals) > 1 and len(decimals[1]) > 4 else str(value)
-
-
-def _results_table(task: str, id2label: dict[int, str], metrics: dict[str, float]) -> str:
-    if task == "classification":
-        return (
-            "| metric | value |\n|---|---|\n"
-            f"| accuracy | {metrics.get('eval_accuracy', float('nan')):.4f} |\n"
-            f"| mean per-class accuracy | {metrics.get('eval_mean_class_accuracy', float('nan')):.4f} |"
-        )
-    rows = ["| class | IoU | accuracy |", "|---|---|---|"]
-    for _, name in sorted(id2label.items()):
-        iou, accuracy = (
-            metrics.get(f"eval_iou_{name}", float("nan")),
-            metrics.get(f"eval_accuracy_{name}", float("nan")),
-        )
-        rows.append(f"| {name} | {iou:.4f} | {accuracy:.4f} |")
-    rows.append(
-        f"| **mean** | **{metrics.get('eval_mean_iou', float('nan')):.4f}** | "
-        f"**{metrics.get('eval_mean_accuracy', float('nan')):.4f}** |"
-    )
-    note = "Absent classes (NaN) are left out of the means. Pixel accuracy: "
-    return "\n".join(rows) + f"\n\n{note}{metrics.get('eval_overall_accuracy', float('nan')):.4f}."
