@@ -3,11 +3,11 @@
 1. The step-overhead ratio, host + reconstruction (λ = 1) against host alone (λ = 0), for `vicreg-vit-s16`,
    `ibot-vit-s16` and `dinov2-vit-l16` under bf16 autocast: seconds per step, images/s and peak memory of each
    (`benchmarks/step_overhead.py`'s step, in this process, the allocator's peak reset before the timed steps).
-2. The decoders' memory format: the `vicreg-vit-s16` reconstruction step with the decoders' convolutions
-   channels-last against the default layout.
-3. `torch.compile`: the `vicreg-vit-s16` reconstruction step compiled (inductor) against eager.
-4. The Trainer's overhead over a plain loop and the pair pipeline's pairs/s against the step's need
+2. The Trainer's overhead over a plain loop and the pair pipeline's pairs/s against the step's need
    (`benchmarks/trainer_overhead.py`, with the default DataLoader workers).
+3. The decoders' memory format: the `vicreg-vit-s16` reconstruction step with the decoders' convolutions
+   channels-last against the default layout.
+4. `torch.compile`: the `vicreg-vit-s16` reconstruction step compiled (inductor) against eager.
 
 `--smoke` runs all of it on the CPU with the same presets shrunk to a 2-layer ViT at 32², a few steps each, and
 compiles with the `aot_eager` backend; the test suite runs it (`tests/test_gpu_paths.py`), so the script cannot rot
@@ -147,8 +147,8 @@ def main() -> None:
     device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU (smoke run: the figures mean nothing)"
     print(f"# gpu_check: {device}, torch {torch.__version__}, {args.steps} timed steps per configuration")
     reconstruction_steps = step_overhead_table(args)
-    variant_table(args, reconstruction_steps[args.presets[0]])
     trainer_table(args)
+    variant_table(args, reconstruction_steps[args.presets[0]])  # last: compiling is the slowest part
     print(f"\ngpu_check done in {time.perf_counter() - start:.0f} s")
 
 

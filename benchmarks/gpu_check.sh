@@ -7,4 +7,4 @@
 #   bash benchmarks/gpu_check.sh --smoke    # on the CPU with shrunk presets (the test suite runs this)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec timeout 480 python benchmarks/gpu_check.py "$@"
+exec timeout 480 python -u benchmarks/gpu_check.py "$@"

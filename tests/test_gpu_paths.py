@@ -175,11 +175,14 @@ def test_the_default_dataloader_workers_follow_the_device_and_the_cores(monkeypa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    assert training_arguments.default_dataloader_workers() == 8
+    assert training_arguments.default_dataloader_workers() == 15  # one core stays with the training process
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert training_arguments.default_dataloader_workers() == 4
+    assert training_arguments.default_dataloader_workers() == 3
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
     assert training_arguments.default_dataloader_workers() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert training_arguments.default_dataloader_workers() == 16
     monkeypatch.undo()
     args = training_arguments.EquiReconTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
     if not torch.cuda.is_available():

@@ -22,11 +22,23 @@ class RecordingTrainer(EquiReconTrainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
+def thread_names() -> list[str] | None:
+    """This process's threads (Linux), leaving out any that ends while they are listed."""
+    tasks = Path("/proc/self/task")
+    if not tasks.exists():
+        return None
+    names = []
+    for task in tasks.iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:
+            pass
+    return names
+
+
 def record_exit(output_dir: str, rank: str) -> None:
     """Registered before training, so it runs after the exit handlers that training registers."""
-    tasks = Path("/proc/self/task")
-    threads = [(task / "comm").read_text().strip() for task in tasks.iterdir()] if tasks.exists() else None
-    record = {"group_initialized": dist.is_initialized(), "threads": threads}
+    record = {"group_initialized": dist.is_initialized(), "threads": thread_names()}
     Path(output_dir, f"exit-rank{rank}.json").write_text(json.dumps(record))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,8 +121,15 @@ class CropSet:
         return self._sources[photo_id]
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        for start in range(0, len(self), batch_size):
-            yield self.render(slice(start, start + batch_size))
+        """The crops in order, ``batch_size`` at a time. Each batch is rendered on a background thread while the
+        caller works on the previous one (PIL resizes without the GIL), so rendering overlaps the encoder."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crops") as renderer:
+            pending = renderer.submit(self.render, slice(0, batch_size))
+            for start in range(0, len(self), batch_size):
+                batch = pending.result()
+                if start + batch_size < len(self):
+                    pending = renderer.submit(self.render, slice(start + batch_size, start + 2 * batch_size))
+                yield batch
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)

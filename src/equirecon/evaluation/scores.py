@@ -191,7 +191,7 @@ def regression_cost(
     shuffled_control: bool | Collection[str] = False,
 ) -> RegressionCost:
     """What :func:`score_families` will cost for ``num_pairs`` pairs of ``num_features``-wide features and families
-    with ``num_parameters`` θ parameters each (same arguments), timed on two steps of random data."""
+    with ``num_parameters`` θ parameters each (same arguments), timed on a few steps of random data."""
     config = regressor or RegressorConfig()
     groups = np.arange(num_pairs) if groups is None else np.asarray(groups).reshape(-1)
     splits = _splits(groups, test_groups, folds, seed)

@@ -243,8 +243,7 @@ def masked_token_index(bool_masked_pos: torch.Tensor) -> tuple[torch.Tensor, ...
 
     The one step of the masked-patch loss whose size depends on the data (a host sync on an accelerator; traced by
     `torch.compile` with `torch._dynamo.config.capture_dynamic_output_shape_ops`). Gathering only these tokens keeps
-    the prototype heads off the unmasked ones: on all tokens, the student's patch head would cost about as much as
-    a ViT-S/16 encoder."""
+    the prototype heads off the unmasked ones, which the loss ignores anyway."""
     return bool_masked_pos.nonzero(as_tuple=True)
 
 

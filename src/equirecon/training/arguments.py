@@ -97,12 +97,13 @@ class DataArguments:
 
 
 def default_dataloader_workers() -> int:
-    """DataLoader workers when none are asked for: with CUDA, this process's share of the CPU cores (at most 8), so
-    that the pair pipeline keeps up with the device; without CUDA none, as the cores would be taken from the model."""
+    """DataLoader workers when none are asked for: with CUDA, this process's share of the CPU cores less the one it
+    runs on (at most 16), so that the pair pipeline keeps up with the device (decoding a photo costs more than a
+    ViT-S/16 step spends on it); without CUDA none, as the cores would be taken from the model."""
     if not torch.cuda.is_available():
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    return max(1, min(16, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1)) - 1))
 
 
 @dataclass
@@ -177,7 +178,7 @@ class EquiReconTrainingArguments(RunOutputArguments, TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
     dataloader_num_workers: int = field(
         default_factory=default_dataloader_workers,
-        metadata={"help": "DataLoader worker processes (default: with CUDA, the process's share of the cores, <= 8)."},
+        metadata={"help": "DataLoader worker processes (default: with CUDA, the process's share of the cores - 1)."},
     )
     accelerator_config: dict | str | None = field(
         # Each process reads its own shards of a streamed dataset instead of rank 0 reading for everyone.
