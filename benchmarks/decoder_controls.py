@@ -43,7 +43,7 @@ from equirecon.training import TransformPairMaker, build_transform_pair_dataset,
 from equirecon.training.arguments import EquiReconTrainingArguments, ModelArguments  # noqa: E402
 from equirecon.training.data import collate_transform_pairs  # noqa: E402
 from equirecon.training.masking import BlockMaskGenerator  # noqa: E402
-from equirecon.training.pretrain import image_statistics  # noqa: E402
+from equirecon.training.model_setup import image_statistics  # noqa: E402
 from equirecon.training.trainer import EquiReconTrainer  # noqa: E402
 
 COLUMNS = {

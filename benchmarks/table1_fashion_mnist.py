@@ -58,7 +58,7 @@ from equirecon.evaluation.equivariance import dataset_settings, family_configs  
 from equirecon.evaluation.labelled import load_labelled_images  # noqa: E402
 from equirecon.imaging.fashion_mnist import FASHION_MNIST  # noqa: E402
 from equirecon.training.arguments import EquiReconTrainingArguments, ModelArguments  # noqa: E402
-from equirecon.training.pretrain import build_model  # noqa: E402
+from equirecon.training.model_setup import build_model  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fashion-mnist-vicreg.json"
 FAMILIES = ("rotation", "translation", "blur", "color")

@@ -5,7 +5,8 @@ from transformers import AutoConfig, Dinov2Config, ViTConfig
 
 from equirecon import PRESETS, EquiReconConfig, EquiReconForPreTraining
 from equirecon.modeling.configuration_equirecon import MASKED_OBJECTIVES, SSL_OBJECTIVES
-from equirecon.modeling.objectives import SSLObjective, build_objective
+from equirecon.modeling.objectives import build_objective
+from equirecon.modeling.ssl_objective import SSLObjective
 
 
 def test_default_is_vit_s16_dinov2():
@@ -163,3 +164,12 @@ def test_an_objective_that_masks_gets_the_encoders_mask_token(objective):
     assert model.equirecon.backbone.embeddings.mask_token is not None
     # An objective that does not mask leaves the encoder as configured.
     assert tiny_config(ssl_objective="dino").backbone_config.use_mask_token is False
+
+
+@pytest.mark.parametrize("size", ["224", (224, 224, 3), [224]])
+def test_a_size_that_is_neither_a_number_nor_a_pair_is_refused(size):
+    """Configs and evaluation read sizes with one helper, which names what it cannot read."""
+    from equirecon.evaluation.loading import InputSpec
+
+    with pytest.raises(ValueError, match="cannot read a size"):
+        InputSpec((224, 224)).with_size(size)

@@ -154,7 +154,7 @@ def test_recipe_and_its_host_only_control_differ_only_in_the_decoders():
     from pathlib import Path
 
     from equirecon.commands.pretrain import parse_arguments
-    from equirecon.training.pretrain import build_model
+    from equirecon.training.model_setup import build_model
 
     recipe = str(Path(__file__).resolve().parent.parent / "recipes" / "fashion-mnist-vicreg.json")
     built = {}

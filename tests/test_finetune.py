@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation, pipeline
 
 from equirecon import EquiReconForPreTraining
-from equirecon.cli import main as cli_main
+from equirecon.commands import main as cli_main
 from equirecon.commands.finetune import main, parse_arguments
 from equirecon.evaluation.loading import InputSpec
 from equirecon.finetuning import data as dd

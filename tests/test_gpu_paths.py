@@ -14,7 +14,7 @@ from model_helpers import tiny_config
 from trainer_helpers import dino_config
 
 from equirecon import EquiReconForPreTraining, process_group
-from equirecon.modeling.objectives import masked_token_index
+from equirecon.modeling.dino_losses import masked_token_index
 from equirecon.modeling.teacher import TeacherCentering
 from equirecon.training import arguments as training_arguments
 

@@ -11,7 +11,7 @@ from sklearn import metrics as sk_metrics
 
 from equirecon.evaluation.metric_modules import METRIC_NAMES, metric_path
 from equirecon.evaluation.metrics import accuracy, r2_score, top_k_accuracy
-from equirecon.evaluation.segmentation import (
+from equirecon.evaluation.segmentation_metrics import (
     ConfusionMatrix,
     SegmentationMetric,
     confusion_matrix,
@@ -284,11 +284,14 @@ def test_no_hub_metric_names_in_the_package():
     assert offenders == []
 
 
-def test_r2_score_takes_scikit_learns_names_and_warns_on_the_old_positional_order():
+def test_r2_score_takes_scikit_learns_names_and_refuses_positional_arguments():
     targets, predictions = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.5, 2.0, 2.0, 4.5])
     expected = sk_metrics.r2_score(targets, predictions)
     assert r2_score(y_true=targets, y_pred=predictions) == pytest.approx(expected)
-    with pytest.warns(FutureWarning, match="y_true"):
-        assert r2_score(predictions, targets) == pytest.approx(expected)  # the old (predictions, targets)
-    with pytest.raises(TypeError):
+    assert r2_score(y_pred=predictions, y_true=targets) == pytest.approx(expected)
+    # R² is not symmetric: swapped positional arguments would be a wrong number, so there are none.
+    assert r2_score(y_true=predictions, y_pred=targets) != pytest.approx(expected)
+    with pytest.raises(TypeError, match="positional"):
+        r2_score(targets, predictions)
+    with pytest.raises(TypeError, match="positional"):
         r2_score(targets, y_pred=predictions)

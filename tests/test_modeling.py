@@ -86,6 +86,26 @@ def test_forward_returns_the_pairs_its_reconstruction_loss_counted():
     assert _model()(**batch).reconstructed_pairs is None  # no masks: every pair counts
 
 
+def test_reconstruction_loss_method_is_the_forward_loss_and_scores_other_reconstructions():
+    """`reconstruction_loss` is the one place the loss is computed: `forward`'s value, and what the trainer's unpaired
+    control gets for another pair's reconstructions, on the same targets, valid pixels and counted pairs."""
+    model = _model().eval()
+    batch = _batch()
+    pairs = torch.tensor([True, False, True, True])
+    with torch.no_grad():
+        out = model(**batch, output_reconstructions=True)
+        targets, mask = batch["intermediate_pixel_values"], batch["intermediate_mask"]
+        torch.testing.assert_close(
+            model.reconstruction_loss(out.reconstructions, targets, mask), out.reconstruction_loss
+        )
+        other = out.reconstructions.roll(1, dims=0)
+        counted = mask * pairs.float().view(4, 1, 1, 1, 1)
+        expected = masked_mse(other, targets, counted)
+        torch.testing.assert_close(model.reconstruction_loss(other, targets, mask, pairs), expected)
+    with pytest.raises(ValueError, match="`intermediate_pixel_values` has shape"):
+        model.reconstruction_loss(out.reconstructions, targets[:, :1], mask)
+
+
 def test_reconstruction_loss_ignores_masked_pixels():
     prediction, target = torch.zeros(1, 2, 3, 4, 4), torch.ones(1, 2, 3, 4, 4)
     mask = torch.zeros(1, 2, 1, 4, 4)

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from equirecon.modeling.objectives import (
+from equirecon.modeling.invariance_objectives import (
     SimCLRObjective,
     VICRegObjective,
     build_mlp,

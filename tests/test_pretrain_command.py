@@ -2,11 +2,12 @@ import json
 
 import pytest
 import yaml
+from PIL import Image
 from trainer_helpers import FAST_PRETRAIN
 from transformers import AutoImageProcessor, AutoModel
 
 from equirecon import EquiReconModel
-from equirecon.cli import main as cli_main
+from equirecon.commands import main as cli_main
 from equirecon.commands.pretrain import parse_arguments
 from equirecon.model_card import build_model_card
 
@@ -21,8 +22,8 @@ def pretrained_run(tmp_path_factory):
 def test_default_run_writes_a_complete_loadable_model_directory(pretrained_run):
     for name in (
         "config.json", "model.safetensors", "preprocessor_config.json", "configuration_equirecon.py",
-        "modeling_equirecon.py", "objectives.py", "training_log.json", "reconstructions.png", "README.md",
-        "equirecon_run.json", "equivariance_results.json",
+        "modeling_equirecon.py", "objectives.py", "training_log.json", "reconstructions.png", "loss_curves.png",
+        "README.md", "equirecon_run.json", "equivariance_results.json",
     ):  # fmt: skip
         assert (pretrained_run / name).is_file(), name
     model = AutoModel.from_pretrained(pretrained_run, trust_remote_code=True)
@@ -86,6 +87,15 @@ def test_closing_evaluation_reports_read_outs_next_to_their_controls(pretrained_
     unpaired = metrics["eval_unpaired_reconstruction_loss"]
     assert f"given another pair's view 1 {unpaired:.4f}" in card
     assert ("their error rises by" in card) == (unpaired > metrics["eval_reconstruction_loss"])
+
+
+def test_model_card_shows_the_reconstructions_and_the_loss_curves(pretrained_run):
+    card = build_model_card(pretrained_run).text
+    assert "![Reconstructions of held-out pairs](reconstructions.png)" in card
+    assert "![Loss curves](loss_curves.png)" in card
+    assert card.index("## Training data and recipe") < card.index("### Pictures") < card.index("## Evaluation")
+    with Image.open(pretrained_run / "loss_curves.png") as picture:  # two panels: total/SSL and reconstruction
+        assert picture.format == "PNG" and picture.size == (1200, 400)
 
 
 def test_model_card_command_rewrites_the_card(pretrained_run):
@@ -160,3 +170,20 @@ def test_the_reference_row_is_the_model_before_its_first_step(tmp_path):
     equivariance = json.loads((output_dir / "equivariance_results.json").read_text())
     reference = equivariance["reference"]["read_outs"]["mean_patch"]["r2"]
     assert reference == pytest.approx(equivariance["read_outs"]["mean_patch"]["r2"], abs=1e-6)
+
+
+def test_training_flags_are_in_the_config_the_model_is_built_with(tmp_path):
+    """K and g_θ's family and ranges given as training flags are set when the config is built (one flag per range of
+    `TransformationConfig`), not written into it after the model exists."""
+    from equirecon.imaging.transformations import RANGE_FIELDS, TransformationConfig
+    from equirecon.training.model_setup import build_model
+
+    flags = [f"--{name}" for name in RANGE_FIELDS]
+    for flag in flags:
+        _, _, training_args, _ = parse_arguments(["--output_dir", str(tmp_path), flag, "0", "0.5"])
+        assert getattr(training_args, flag[2:]) == [0.0, 0.5]
+    arguments = ["--num_intermediates", "3", "--transformation_family", "rotation", "--rotation_range", "-30", "30"]
+    model_args, _, training_args, _ = parse_arguments(["--output_dir", str(tmp_path), *arguments])
+    model = build_model(model_args, training_args)
+    assert model.config.num_intermediates == len(model.decoders) == 3
+    assert model.config.transformation == TransformationConfig(family="rotation", rotation_range=(-30, 30)).to_dict()

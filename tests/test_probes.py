@@ -201,8 +201,7 @@ def test_probes_and_fine_tuning_see_the_same_digits():
     from equirecon.finetuning.data import load_downstream_dataset
 
     probes = load_labelled_dataset("digits")
-    with pytest.warns(FutureWarning, match="'sklearn-digits' is deprecated; use 'digits'"):
-        fine_tuning = load_downstream_dataset("classification", "sklearn-digits")
+    fine_tuning = load_downstream_dataset("classification", "digits")
     assert fine_tuning.name == "digits"
     assert probes["validation"]["label"] == fine_tuning.eval["label"]
     assert [np.asarray(image).tolist() for image in probes["validation"]["image"][:5]] == [

@@ -1,5 +1,5 @@
 """`--push_to_hub`: the Hub copy is the finished directory, with the project's card (its `model-index` holds the
-measured results), the run record and the picture, pushed once at the end (a local stand-in replaces the Hub)."""
+measured results), the run record and the pictures, pushed once at the end (a local stand-in replaces the Hub)."""
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +12,7 @@ from model_helpers import tiny_config
 from trainer_helpers import FAST_PRETRAIN
 
 from equirecon import EquiReconForPreTraining
-from equirecon.cli import main as cli_main
+from equirecon.commands import main as cli_main
 from equirecon.commands.finetune import main as finetune_main
 
 
@@ -50,9 +50,16 @@ def test_pretraining_pushes_the_finished_directory_with_the_projects_card(tmp_pa
     assert len(hub) == 1, [upload.message for upload in hub]  # no early push from `save_model`
     (upload,) = hub
     assert upload.repo_id == "someone/equirecon-tiny"
-    for name in ("model.safetensors", "config.json", "modeling_equirecon.py", "reconstructions.png"):
-        assert name in upload.files, name
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "modeling_equirecon.py",
+        "reconstructions.png",
+        "loss_curves.png",
+    ):
+        assert upload.files[name] == (tmp_path / name).read_bytes(), name
     assert upload.files["README.md"] == (tmp_path / "README.md").read_bytes()  # the card as the run left it
+    assert b"![Loss curves](loss_curves.png)" in upload.files["README.md"]
     results = _card_metadata(upload.files["README.md"])["model-index"][0]["results"]
     assert any(metric["name"].startswith("R²") for result in results for metric in result["metrics"])
     assert "equirecon_run.json" in upload.files and "equivariance_results.json" in upload.files

@@ -5,10 +5,13 @@ import json
 
 import pytest
 from model_helpers import tiny_config
+from PIL import Image
 
-from equirecon.command_line import ArgumentError, check_output_dir
-from equirecon.model_card import EQUIVARIANCE_FILE, RUN_FILE, build_model_card
+from equirecon.argument_checks import ArgumentError
+from equirecon.model_card import EQUIVARIANCE_FILE, LOSS_CURVES_FILE, RUN_FILE, TRAINING_LOG_FILE, build_model_card
 from equirecon.reporting import equivariance_table, lowered_by_training, reconstruction_controls
+from equirecon.run_directory import check_output_dir
+from equirecon.training.figures import save_loss_curves
 
 FAMILIES = ("rotation", "blur", "translation")
 
@@ -119,6 +122,39 @@ def test_the_controls_are_model_index_entries_of_their_own(tmp_path):
     assert metrics["R² blur (random initialisation, control)"] == 0.569
     assert metrics["R² blur (θ-shuffled chance, control)"] == -0.1
     assert metrics["R² mean (random initialisation, control)"] == pytest.approx((0.66 + 0.569 + 0.716) / 3, abs=1e-4)
+
+
+def test_loss_curves_are_drawn_from_a_single_log_and_skipped_without_one(tmp_path):
+    history = [
+        {"loss": 31.4, "ssl_loss": 30.6, "reconstruction_loss": 0.76, "grad_norm": 591.4, "step": 1},
+        {"eval_loss": 10.8, "eval_reconstruction_loss": 0.92, "eval_copy_blend_loss": 0.34, "step": 1},
+        {"train_loss": 31.4, "train_runtime": 0.7, "step": 1},
+    ]
+    path = save_loss_curves(history, tmp_path / LOSS_CURVES_FILE)
+    with Image.open(path) as picture:  # the total/SSL panel and the reconstruction panel
+        assert picture.format == "PNG" and picture.size == (1200, 400)
+    with Image.open(save_loss_curves(history[:1], tmp_path / "total.png")) as picture:
+        assert picture.size == (1200, 400)
+    with Image.open(save_loss_curves([{"loss": 1.0, "step": 1}], tmp_path / "one.png")) as picture:
+        assert picture.size == (600, 400)  # nothing to draw in the reconstruction panel: one panel
+    assert save_loss_curves([], tmp_path / "none.png") is None
+    assert save_loss_curves(history[2:], tmp_path / "summary.png") is None  # Trainer's run average is no curve
+    assert not (tmp_path / "none.png").exists() and not (tmp_path / "summary.png").exists()
+
+
+def test_the_card_links_the_loss_curves_or_says_why_there_are_none(tmp_path):
+    record = _record(data_arguments={"dataset": "./photos", "train_split": "train", "validation_split": "test"})
+    (tmp_path / TRAINING_LOG_FILE).write_text(json.dumps([{"train_loss": 1.0, "step": 2}]))
+    text = _card(tmp_path, record).text
+    assert "No loss curves: the run logged no loss" in text and "](loss_curves.png)" not in text
+    (tmp_path / TRAINING_LOG_FILE).write_text(json.dumps([{"loss": 1.0, "step": 1}]))
+    assert f"the logged losses are in `{TRAINING_LOG_FILE}`" in _card(tmp_path, record).text
+    save_loss_curves([{"loss": 1.0, "step": 1}], tmp_path / LOSS_CURVES_FILE)
+    text = _card(tmp_path, record).text
+    assert "![Loss curves](loss_curves.png)" in text and "No loss" not in text
+    assert "No reconstruction picture" not in text  # a held-out split: its picture is simply not here
+    no_split = _record(data_arguments={"dataset": "./photos", "train_split": "train", "validation_split": None})
+    assert "No reconstruction picture: it is drawn from held-out pairs" in _card(tmp_path, no_split).text
 
 
 def test_resuming_a_finished_run_says_how_to_continue_it(tmp_path):

@@ -427,3 +427,14 @@ def test_context_margin_replaces_fill_and_keeps_pixel_parameters_at_view_scale()
     without_context = make_transformed_pair(center_crop(base, view), params, config, 2)
     assert bool((without_context.transformed_mask == 0).any())  # black corners that context avoids
     assert config.context_ratio == pytest.approx(math.sqrt(2) + 20 / 224)
+
+
+def test_range_fields_are_the_ranges_of_the_parameters():
+    """`RANGE_FIELDS`, the one list of the ranges (the training flags are made from it), is exactly the ranges the
+    parameters are drawn from, each with its help."""
+    from equirecon.imaging.transformations import _PARAMETER_RANGE_FIELDS, RANGE_FIELDS
+
+    assert set(RANGE_FIELDS) == set(_PARAMETER_RANGE_FIELDS.values())
+    assert all(f.metadata["help"] for f in TransformationConfig.range_fields())
+    with pytest.raises(ValueError, match="blur_sigma_range must be a pair"):
+        TransformationConfig(blur_sigma_range=(1.0,))

@@ -22,11 +22,12 @@ from transformers import (
 )
 
 from equirecon import EquiReconForPreTraining, EquiReconModel
-from equirecon.cli import main as cli_main
-from equirecon.command_line import ArgumentError
+from equirecon.argument_checks import ArgumentError
+from equirecon.commands import main as cli_main
 from equirecon.modeling.warm_start import load_backbone_weights
 from equirecon.training.arguments import EquiReconTrainingArguments, ModelArguments
-from equirecon.training.pretrain import build_model, starting_point
+from equirecon.training.model_setup import build_model
+from equirecon.training.pretrain import rebuild_reference_encoder
 
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
 HEADS = {"d_patch": 16, "d_equi": 8, "vicreg_expander_dims": [32, 32], "decoder_hidden_channels": 8}
@@ -186,15 +187,15 @@ def test_pretrain_command_starts_from_the_checkpoint(checkpoints, tmp_path):
     assert f"| start ({checkpoints['vit']}), mean_patch | {rotation:.3f} |" in card
 
 
-def test_the_starting_point_is_the_warm_start_checkpoint(checkpoints, tmp_path):
+def test_the_reference_encoder_is_the_warm_start_checkpoint(checkpoints, tmp_path):
     training_args = EquiReconTrainingArguments(output_dir=str(tmp_path), seed=3, use_cpu=True)
-    warm = starting_point(ModelArguments(init_from=checkpoints["vit"]), training_args)
+    warm = rebuild_reference_encoder(ModelArguments(init_from=checkpoints["vit"]), training_args)
     assert warm.label == f"start ({checkpoints['vit']})"
     start = ViTModel.from_pretrained(checkpoints["vit"]).state_dict()
     assert all(torch.equal(value, start[name]) for name, value in warm.encoder.backbone.state_dict().items())
     # A start that cannot be rebuilt, or that the run has overwritten, gives no reference row, not a wrong one.
-    assert starting_point(ModelArguments(init_from=str(tmp_path / "gone")), training_args) is None
-    assert starting_point(ModelArguments(model_name_or_path=str(tmp_path)), training_args) is None
+    assert rebuild_reference_encoder(ModelArguments(init_from=str(tmp_path / "gone")), training_args) is None
+    assert rebuild_reference_encoder(ModelArguments(model_name_or_path=str(tmp_path)), training_args) is None
 
 
 def test_pretrain_command_with_a_preset_and_another_image_size(checkpoints, tmp_path):

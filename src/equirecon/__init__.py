@@ -2,7 +2,7 @@
 
 Importing the package registers the EquiRecon classes with the transformers Auto classes. The classes themselves
 load on first use, and the `equirecon` console script defers the registration until it has parsed its arguments
-(`equirecon.cli`), so that `equirecon --help` does not wait for torch and transformers.
+(`equirecon.commands.main`), so that `equirecon --help` does not wait for torch and transformers.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def __getattr__(name: str) -> Any:
 
 
 def _started_by_console_script() -> bool:
-    """True while the `equirecon` console script imports `equirecon.cli`: it registers after parsing."""
+    """True while the `equirecon` console script imports `equirecon.commands`: it registers after parsing."""
     main_file = getattr(sys.modules.get("__main__"), "__file__", None) or ""
     return Path(main_file).stem in ("equirecon", "equirecon-script")
 

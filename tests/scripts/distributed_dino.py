@@ -1,4 +1,4 @@
-"""Run by tests/test_dino_objectives.py under `torch.distributed.run --nproc_per_node=2`: a few DDP steps of an iBOT
+"""Run by tests/test_dino_teacher.py under `torch.distributed.run --nproc_per_node=2`: a few DDP steps of an iBOT
 host on CPU (gloo); each rank records a fingerprint of its teacher, its centres and its student."""
 
 import json

@@ -28,15 +28,7 @@ from typing import Any
 import numpy as np
 from transformers import HfArgumentParser
 
-from ..command_line import (
-    ArgumentError,
-    check_model_path,
-    config_action,
-    format_help,
-    parse_dataclass_arguments,
-    pop_config_file,
-    setup,
-)
+from ..argument_checks import ArgumentError, check_model_path
 from ..evaluation.arguments import (
     TASK_ARGUMENTS,
     EvaluateDataArguments,
@@ -45,6 +37,8 @@ from ..evaluation.arguments import (
 )
 from ..imaging.fashion_mnist import FASHION_MNIST
 from ..imaging.fashion_mnist import check_installed as check_fashion_mnist
+from .parsing import config_action, format_help, parse_dataclass_arguments, pop_config_file
+from .runner import setup
 
 logger = logging.getLogger("equirecon.evaluate")
 
@@ -99,7 +93,11 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[dict[str, Any], Any, str]:
+def _run_equivariance(
+    args: argparse.Namespace, model: Any, spec: Any, shuffled_control: bool = True
+) -> tuple[dict[str, Any], Any, str]:
+    """One encoder's benchmark; the θ-shuffled control (chance) only where asked: the model's row carries it, and a
+    reference row, scored on the same crops, needs no second one."""
     from ..evaluation.cache import FeatureCache
     from ..evaluation.equivariance import dataset_settings, family_configs, run_equivariance_benchmark
     from ..evaluation.regression import RegressorConfig
@@ -176,6 +174,7 @@ def _run_equivariance(args: argparse.Namespace, model: Any, spec: Any) -> tuple[
         cache=FeatureCache(args.cache_dir) if args.cache_dir is not None else None,
         max_images=args.max_images,
         progress=not args.no_progress,
+        shuffled_control=shuffled_control,
     )
     report = {
         "results": {**result.to_dict(), "skipped_images": skipped},
@@ -386,7 +385,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         for label, encoder in encoders.items():
             logger.info("scoring %s", label)
             if args.task == "equivariance":
-                reports[label], results[label], dataset_name = _run_equivariance(args, encoder, spec)
+                reports[label], results[label], dataset_name = _run_equivariance(
+                    args, encoder, spec, shuffled_control=label == args.model
+                )
             else:
                 reports[label], dataset_name = _run_probe(args, encoder, spec)
         report, result = reports.pop(args.model), results.get(args.model)

@@ -36,18 +36,12 @@ import sys
 
 from transformers import HfArgumentParser
 
-from ..command_line import (
-    ArgumentError,
-    check_model_path,
-    config_action,
-    format_help,
-    parse_dataclass_arguments,
-    pop_config_file,
-    run_command,
-)
+from ..argument_checks import ArgumentError, check_model_path
 from ..finetuning.arguments import FinetuneDataArguments, FinetuneModelArguments, FinetuneTrainingArguments
 from ..finetuning.transforms import TASKS
 from ..modeling.configuration_equirecon import SEGMENTATION_HEADS
+from .parsing import config_action, format_help, parse_dataclass_arguments, pop_config_file
+from .runner import run_command
 
 __all__ = ["main", "parse_arguments"]
 

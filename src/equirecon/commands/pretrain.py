@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import HfArgumentParser, ViTImageProcessorPil
+from transformers import HfArgumentParser
+from transformers.image_processing_utils import ImageProcessingMixin
 
-from ..command_line import config_action, format_help, parse_dataclass_arguments, pop_config_file, run_command
 from ..imaging.sources import load_images
 from ..model_card import EQUIVARIANCE_FILE
 from ..modeling import EquiReconForPreTraining
 from ..reporting import equivariance_table, lowered_by_training
 from ..training import pretrain
 from ..training.arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
+from .parsing import config_action, format_help, parse_dataclass_arguments, pop_config_file
+from .runner import run_command
 
 __all__ = ["evaluate_equivariance", "main", "parse_arguments", "run"]
 
@@ -56,11 +59,12 @@ def parse_arguments(argv: list[str]) -> Arguments:
 
 def evaluate_equivariance(
     model: EquiReconForPreTraining,
+    image_processor: ImageProcessingMixin | None,
     data_args: DataArguments,
     evaluation_args: EvaluationArguments,
     seed: int,
     output_dir: Path,
-    reference: pretrain.StartingPoint | None = None,
+    reference: pretrain.ReferenceEncoder | None = None,
 ) -> dict[str, Any]:
     """The paper's equivariance R² benchmark on the frozen encoder; writes `equivariance_results.json`.
 
@@ -69,49 +73,53 @@ def evaluate_equivariance(
     config and seed, or the checkpoint of `--init_from` / `--model_name_or_path`), so the card shows what this run's
     pretraining added. The crops are cut from the validation split's photos (never seen in pretraining) with the
     protocol of `equirecon evaluate equivariance` (its folds, scored folds, seed and the dataset's settings), so the
-    card and that command give the same model the same R². Inputs are normalised as the image processor saved in
-    `output_dir` says (a warm start keeps its checkpoint's statistics)."""
+    card and that command give the same model the same R²; what `evaluation_args` leaves unset (None) is that
+    command's default. Inputs are normalised as `image_processor`, the run's, says (a warm start keeps its
+    checkpoint's statistics)."""
     from ..evaluation import FeatureCache, InputSpec, RegressorConfig, run_equivariance_benchmark
     from ..evaluation.arguments import EquivarianceArguments, EvaluateRunArguments
     from ..evaluation.equivariance import dataset_settings, family_configs
 
-    protocol, benchmark_seed = EquivarianceArguments(), EvaluateRunArguments().seed
+    chosen = {
+        "families": evaluation_args.equivariance_families,
+        "num_crops": evaluation_args.equivariance_num_crops,
+        "epochs": evaluation_args.equivariance_epochs,
+    }
+    protocol = replace(EquivarianceArguments(), **{name: value for name, value in chosen.items() if value is not None})
+    benchmark_seed = EvaluateRunArguments().seed
     settings = dataset_settings(data_args.dataset)
 
     # Photos the encoder was not pretrained on.
     images = load_images(data_args.dataset, split=data_args.validation_split)
     features = evaluation_args.equivariance_features
-    saved_processor = output_dir / "preprocessor_config.json"
-    input_spec = InputSpec.from_model(
-        model, ViTImageProcessorPil.from_pretrained(output_dir) if saved_processor.is_file() else None
-    )
+    input_spec = InputSpec.from_model(model, image_processor)
 
-    def score(encoder: torch.nn.Module) -> dict[str, Any]:
+    def score(encoder: torch.nn.Module, shuffled_control: bool) -> dict[str, Any]:
         cache = FeatureCache()  # one encoding pass shared by the read-outs
         return {
             feature: run_equivariance_benchmark(
                 encoder,
                 images,
-                families=family_configs(evaluation_args.equivariance_families, data_args.dataset),
+                families=family_configs(protocol.families, data_args.dataset),
                 feature=feature,
                 input_spec=input_spec,
-                num_crops=evaluation_args.equivariance_num_crops,
+                num_crops=protocol.num_crops,
                 folds=protocol.folds,
                 scored_folds=protocol.scored_folds,
                 group_by=settings["group_by"],
                 crop_scale=settings["crop_scale"],
                 border=settings["border"],
-                regressor=RegressorConfig(epochs=evaluation_args.equivariance_epochs, patience=protocol.patience),
+                regressor=RegressorConfig(epochs=protocol.epochs, patience=protocol.patience),
                 max_images=evaluation_args.equivariance_max_images,
                 image_column=data_args.image_column or "image",
                 seed=benchmark_seed,
                 cache=cache,
-                shuffled_control=feature == features[0],
+                shuffled_control=shuffled_control and feature == features[0],
             )
             for feature in features
         }
 
-    read_outs = score(model.equirecon)
+    read_outs = score(model.equirecon, shuffled_control=True)
     headline = read_outs[features[0]]
     dataset_name = "equirecon embedded photos (validation)" if data_args.dataset == "embedded" else data_args.dataset
     # The shape `equirecon evaluate equivariance --output` writes (the headline result, then its model-index
@@ -126,7 +134,9 @@ def evaluate_equivariance(
         encoder = reference.encoder.to(model.device).eval()
         results["reference"] = {
             "label": reference.label,
-            "read_outs": {feature: result.to_dict() for feature, result in score(encoder).items()},
+            "read_outs": {
+                feature: result.to_dict() for feature, result in score(encoder, shuffled_control=False).items()
+            },
         }
     (output_dir / EQUIVARIANCE_FILE).write_text(json.dumps(results, indent=2))
     summary = [equivariance_table(results), *lowered_by_training(results)]

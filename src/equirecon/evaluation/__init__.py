@@ -24,7 +24,7 @@ from .plotting import plot_equivariance
 from .probes import KNNProbeResult, LinearProbeResult, knn_probe, linear_probe
 from .regression import MLPRegressor, RegressorConfig, fit_mlp_regressor, fit_mlp_regressors
 from .scores import score_families
-from .segmentation import (
+from .segmentation_metrics import (
     ConfusionMatrix,
     SegmentationMetric,
     confusion_matrix,

@@ -6,10 +6,10 @@ batch, so memory does not grow with the number of crops. Each crop records its p
 fitted and scored on crops of different photos (:func:`.scores.score_feature_pairs`).
 
 A crop is a small window of a photo resized to a few dozen pixels, and resizing from the full photo reads every pixel
-of the box (about 30 ms per crop from a 2560×1600 photo, several encoder forwards). So each photo is downscaled once
-to :data:`OVERSAMPLING` times the resolution its smallest crop needs (never below it), and padded once for the crops
-whose context reaches past its border; a crop is then one small resize of that copy (well under a millisecond),
-within 1/255 of the full-size rendering at the 99th percentile of pixels (measured on photos of 512² and 2560×1600).
+of the box, which can cost more than encoding the crop. So each photo is downscaled once to :data:`OVERSAMPLING`
+times the resolution its smallest crop needs (never below it), and padded once for the crops whose context reaches
+past its border; a crop is then one small resize of that copy, close to the full-size rendering
+(``tests/test_equivariance_benchmark.py`` checks how close).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Models with a spatial ``(B, C, H, W)`` output (CNNs) support ``"mean_patch"`` on
 
 ``"auto"`` resolves to ``"mean_patch"`` for every model: EquiRecon and its baselines are read out the same way, from
 the backbone, where the reconstruction task acts. The head's parts are asked for by name; their mean (``"pooled"``)
-mixes the invariant part into the equivariant one and hid the effect in the card of an early default run.
+mixes the invariant part into the equivariant one.
 """
 
 from __future__ import annotations

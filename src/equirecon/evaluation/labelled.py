@@ -24,7 +24,6 @@ import functools
 import logging
 import os
 import pathlib
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +47,6 @@ __all__ = [
     "load_labelled_splits",
     "load_labelled_dataset",
     "load_labelled_images",
-    "resolve_builtin_name",
     "split_labelled",
 ]
 
@@ -56,8 +54,6 @@ BUILTIN_LABELLED_SETS: dict[str, str] = {
     "digits": "scikit-learn's bundled handwritten digits (1797 greyscale 8×8 images, 10 classes)",
     "lfw_subset": "scikit-image's bundled LFW subset (200 greyscale 25×25 crops, face / non-face)",
 }
-#: Names used by `equirecon finetune` before the two loaders were one; accepted with a warning.
-_DEPRECATED_NAMES: dict[str, str] = {"sklearn-digits": "digits", "skimage-lfw-subset": "lfw_subset"}
 #: The built-in sets' held-out share (stratified, seed 0).
 BUILTIN_VALIDATION_FRACTION = 0.2
 #: Split names tried, in order, for evaluation when none is named.
@@ -82,15 +78,9 @@ class LabelledImages:
         return len(self.class_names)
 
 
-def resolve_builtin_name(name: Any) -> str | None:
-    """The built-in set ``name`` stands for (old names warn and map to the new ones), or None."""
-    if not isinstance(name, str):
-        return None
-    if name in _DEPRECATED_NAMES:
-        new = _DEPRECATED_NAMES[name]
-        warnings.warn(f"the dataset name {name!r} is deprecated; use {new!r}", FutureWarning, stacklevel=3)
-        return new
-    return name if name in BUILTIN_LABELLED_SETS else None
+def _builtin_name(source: Any) -> str | None:
+    """``source`` if it names a built-in set, else None (``source`` may be a path or a ``datasets`` object)."""
+    return source if isinstance(source, str) and source in BUILTIN_LABELLED_SETS else None
 
 
 def builtin_labelled_arrays(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -130,7 +120,7 @@ def load_labelled_splits(source: Any, *, config_name: str | None = None) -> data
     """Every split of a labelled ``source`` (no splitting here): a built-in name, a ``datasets`` object, a folder
     saved with ``save_to_disk``, an image folder (class sub-folders become the ``label`` column), Parquet, or a Hub
     dataset. A single ``Dataset`` becomes the ``train`` split."""
-    builtin = resolve_builtin_name(source)
+    builtin = _builtin_name(source)
     if builtin is not None:
         return datasets.DatasetDict(dict(_builtin_dataset(builtin)))
     if source == FASHION_MNIST:
@@ -279,7 +269,7 @@ def load_labelled_images(
         max_images: cap on the train and on the test images (seeded random subset), to bound encoding time.
         seed: seeds the held-out split of a source without one, and the subsets.
     """
-    builtin = resolve_builtin_name(source)
+    builtin = _builtin_name(source)
     dataset, held_out, named = _load_and_split(source, split, test_split, test_fraction, label_column, None, seed)
     train_set, test_set = dataset["train"], dataset["validation"]
     for name, part in (("train", train_set), ("test", test_set)):

@@ -20,25 +20,18 @@ from transformers import AutoImageProcessor, AutoModel, PreTrainedModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..imaging.decoding import to_rgb_uint8
+from ..modeling.configuration_validation import as_pair
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["InputSpec", "load_model", "resolve_device"]
 
 
-def _pair(value: Any) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    if isinstance(value, Sequence) and len(value) == 2:
-        return int(value[0]), int(value[1])
-    raise ValueError(f"cannot read an image size from {value!r}.")
-
-
 def _size_from_processor_field(size: Any) -> tuple[int, int] | None:
     if size is None:
         return None
     if isinstance(size, int | Sequence) and not isinstance(size, str | dict):
-        return _pair(size)
+        return as_pair(size)
     size = dict(size) if not isinstance(size, dict) else size
     if size.get("height") and size.get("width"):
         return int(size["height"]), int(size["width"])
@@ -75,11 +68,11 @@ class InputSpec:
                     f"{type(model).__name__} has no image processor and its config no image_size; "
                     "pass image_size explicitly."
                 )
-            size = _pair(config_size)
+            size = as_pair(config_size)
         return cls(image_size=size, image_mean=mean, image_std=std)
 
     def with_size(self, image_size: int | tuple[int, int] | None) -> InputSpec:
-        return self if image_size is None else InputSpec(_pair(image_size), self.image_mean, self.image_std)
+        return self if image_size is None else InputSpec(as_pair(image_size), self.image_mean, self.image_std)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` images in [0, 1] -> model input space."""

@@ -19,7 +19,6 @@ transformations (translation, SE(2), colour jitter):
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal
 
 import numpy as np
@@ -93,16 +92,15 @@ def _r2(residual: np.ndarray, total: np.ndarray) -> np.ndarray:
 
 
 def r2_score(
-    *args: ArrayLike,
-    y_true: ArrayLike | None = None,
-    y_pred: ArrayLike | None = None,
+    *,
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
     multioutput: R2Convention = "global",
 ) -> float | np.ndarray:
     """Coefficient of determination ``1 - RSS / TSS`` of ``y_pred`` against ``y_true``, with scikit-learn's names.
 
-    The arguments are keyword-only (``r2_score(y_true=..., y_pred=...)``) because R² is not symmetric and this
-    function used to take ``(predictions, targets)``, the reverse of scikit-learn's ``(y_true, y_pred)``: two
-    positional arguments still mean the old order, with a ``FutureWarning``, until that form is removed.
+    The arguments are keyword-only (``r2_score(y_true=..., y_pred=...)``): R² is not symmetric, and swapped
+    positional arguments would give a wrong number without an error.
 
     Args:
         y_true: shape ``(N,)`` or ``(N, P)``.
@@ -116,23 +114,10 @@ def r2_score(
         convention uses (the global mean, or each output's own mean) scores 0; worse predictors are negative.
         Constant targets follow scikit-learn: 1 for a perfect fit, 0 otherwise.
     """
-    if args:
-        if len(args) != 2 or y_true is not None or y_pred is not None:
-            raise TypeError("r2_score takes keyword arguments: r2_score(y_true=..., y_pred=..., multioutput=...)")
-        warnings.warn(
-            "r2_score(predictions, targets) is deprecated (the reverse of scikit-learn's order); call "
-            "r2_score(y_true=targets, y_pred=predictions)",
-            FutureWarning,
-            stacklevel=2,
-        )
-        y_pred, y_true = args
-    if y_true is None or y_pred is None:
-        raise TypeError("r2_score needs y_true= and y_pred=")
-    predictions, targets = y_pred, y_true
-    preds = _to_numpy(predictions, dtype=np.float64)
-    tgts = _to_numpy(targets, dtype=np.float64)
+    preds = _to_numpy(y_pred, dtype=np.float64)
+    tgts = _to_numpy(y_true, dtype=np.float64)
     if preds.shape != tgts.shape:
-        raise ValueError(f"predictions {preds.shape} and targets {tgts.shape} must have the same shape.")
+        raise ValueError(f"y_pred {preds.shape} and y_true {tgts.shape} must have the same shape.")
     if tgts.ndim == 1:
         preds, tgts = preds[:, None], tgts[:, None]
     if tgts.ndim != 2:

@@ -13,7 +13,7 @@ Three deliberate differences:
   features. R² is computed on the raw θ, so its definition is unchanged;
 * predictions are clamped to the range of the training targets. θ is drawn from a bounded range, and an MLP fed the
   features of a photo unlike its training photos can extrapolate far outside it, so that one photo's crops decide
-  the whole R² (measured: −11 on 5 photos for a feature that is exact on the other 4);
+  the whole R²;
 * given validation pairs (crops of photos the fit does not see), the fit runs until their loss has not improved for
   ``patience`` epochs and keeps the best epoch's weights. SIE's benchmark has thousands of images; with the few
   photos a user or this package has, a fixed epoch count either stops short or memorises the training photos, and

@@ -29,8 +29,8 @@ __all__ = [
 
 #: The two R² conventions: SIE's one global mean over all outputs, or the mean of per-output R².
 MULTIOUTPUT: tuple[str, ...] = ("global", "per_output")
-#: The epoch at which a family's θ regressor is usually best, for the time estimate only (measured at the default
-#: settings on the embedded photos with the tiny preset's encoder: 11 to 86, median 39, over the four families).
+#: The epoch at which a family's θ regressor is usually best (default settings, the tiny preset on the embedded
+#: photos), for the time estimate only.
 TYPICAL_BEST_EPOCH = 40
 
 

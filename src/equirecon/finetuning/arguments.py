@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from ..command_line import RunOutputArguments
 from ..modeling.configuration_equirecon import SEGMENTATION_HEADS
+from ..run_directory import RunOutputArguments
 from .data import BUILTIN_DATASETS, DEFAULT_DATASETS
 
 __all__ = ["FinetuneDataArguments", "FinetuneModelArguments", "FinetuneTrainingArguments"]

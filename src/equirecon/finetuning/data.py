@@ -14,8 +14,7 @@ Sources (:func:`load_downstream_dataset`):
   ============================  ==============  =====================================================================
 
   Classification data, built-in or not, comes from :func:`equirecon.evaluation.labelled.load_labelled_splits`,
-  the loader the probes use, split by its rule. The old names ``sklearn-digits`` and ``skimage-lfw-subset`` still
-  work, with a warning.
+  the loader the probes use, split by its rule.
 
 * a dataset saved with ``save_to_disk``, an image folder (classification labels from the sub-folder names), a
   folder with ``images/`` and ``annotations/`` trees (segmentation; ADE20K's ``ADEChallengeData2016`` layout), or a
@@ -39,7 +38,6 @@ from ..evaluation.labelled import (
     EVAL_SPLIT_NAMES,
     is_saved_dataset,
     load_labelled_splits,
-    resolve_builtin_name,
     split_labelled,
 )
 from ..imaging.sources import IMAGE_EXTENSIONS, find_image_column
@@ -78,8 +76,7 @@ DEFAULT_DATASETS: dict[str, str] = {"classification": "digits", "segmentation": 
 # 8×8 glyph cropped to 8% of its area (DINOv2's natural-image crop) is no longer a digit.
 _NOT_FLIP_INVARIANT = frozenset({"digits"})
 _CROP_SCALES = {"digits": (0.5, 1.0), "lfw_subset": (0.5, 1.0)}
-# A frozen encoder cannot learn to see past a crop: on digits, crops of 50-100 % of the glyph took a linear probe
-# (`--freeze_backbone`) from 0.93 to 0.54-0.74 accuracy (measured, 3 epochs); its head trains on whole images.
+# A frozen encoder cannot learn to see past a crop, so a probe's head (`--freeze_backbone`) trains on whole images.
 _PROBE_CROP_SCALES = {"digits": (1.0, 1.0)}
 
 # Column names tried, in order, when no label column is named.
@@ -326,7 +323,6 @@ def load_downstream_dataset(
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     source = source or DEFAULT_DATASETS[task]
-    source = resolve_builtin_name(source) or source
     builtin = source in BUILTIN_DATASETS
     local_dir: Path | None = None
     flip_invariant, crop_scale, probe_crop_scale = True, DEFAULT_CROP_SCALE, None

@@ -1,5 +1,5 @@
 """Streaming fine-tuning metrics for `Trainer` (``batch_eval_metrics``): classification accuracy here, segmentation
-IoU from :class:`equirecon.evaluation.segmentation.SegmentationMetric`."""
+IoU from :class:`equirecon.evaluation.segmentation_metrics.SegmentationMetric`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from transformers import EvalPrediction
 
-from ..evaluation.segmentation import ConfusionMatrix, SegmentationMetric
+from ..evaluation.segmentation_metrics import ConfusionMatrix, SegmentationMetric
 
 __all__ = ["ClassificationMetric", "whole_set_metric"]
 

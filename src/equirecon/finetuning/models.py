@@ -18,7 +18,7 @@ from transformers import (
 )
 from transformers.image_utils import PILImageResampling
 
-from ..command_line import ArgumentError, check_model_path, parse_config_overrides
+from ..argument_checks import ArgumentError, check_model_path, parse_config_overrides
 from ..evaluation.loading import InputSpec
 from .arguments import FinetuneModelArguments
 

@@ -16,11 +16,12 @@ import transformers
 from transformers import Trainer
 from transformers.modelcard import extract_hyperparameters_from_trainer
 
-from ..command_line import ArgumentError, check_output_dir, finish_run, last_checkpoint, start_run
+from ..argument_checks import ArgumentError
 from ..evaluation.loading import InputSpec
 from ..model_card import PIPELINE_TASKS, RUN_FILE, write_model_card
 from ..process_group import LeaveProcessGroupAtExit
 from ..publishing import push_output_directory, save_model_without_pushing
+from ..run_directory import check_output_dir, finish_run, last_checkpoint, start_run
 from .arguments import FinetuneDataArguments, FinetuneModelArguments, FinetuneTrainingArguments
 from .data import DEFAULT_DATASETS, DownstreamData, load_downstream_dataset, read_id2label
 from .head_init import initialise_linear_head

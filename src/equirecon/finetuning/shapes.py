@@ -56,7 +56,7 @@ def _draw_shapes_example(background: np.ndarray, rng: np.random.Generator) -> tu
 
 
 def _png(image: Image.Image) -> dict[str, bytes | None]:
-    """Uncompressed PNG: lossless and fast to write (compressing took most of the generation time)."""
+    """Uncompressed PNG: lossless and fast to write (compression would dominate the generation time)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=0)
     return {"bytes": buffer.getvalue(), "path": None}

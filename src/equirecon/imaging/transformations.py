@@ -34,7 +34,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import Field, asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from .kernels import BLUR_IDENTITY_SIGMA, BLUR_TRUNCATE, adjust_color, blur, war
 __all__ = [
     "BLUR_IDENTITY_SIGMA",
     "FAMILIES",
+    "RANGE_FIELDS",
     "TransformationConfig",
     "TransformedPair",
     "apply_transformation",
@@ -73,6 +75,11 @@ _PARAMETER_RANGE_FIELDS: dict[str, str] = {
 }
 
 
+def _range(default: tuple[float, float], description: str) -> Any:
+    """A range field of `TransformationConfig`, marked as one and described (`RANGE_FIELDS`)."""
+    return field(default=default, metadata={"range": True, "help": description})
+
+
 @dataclass(frozen=True)
 class TransformationConfig:
     """Which g_θ to apply and the ranges θ is sampled from (defaults: paper Table 2).
@@ -84,13 +91,14 @@ class TransformationConfig:
 
     family: str = "se2"
     components: tuple[str, ...] = ()
-    rotation_range: tuple[float, float] = (-45.0, 45.0)
-    translation_range: tuple[float, float] = (-10.0, 10.0)
-    brightness_range: tuple[float, float] = (-0.4, 0.4)
-    contrast_range: tuple[float, float] = (-0.4, 0.4)
-    saturation_range: tuple[float, float] = (-0.4, 0.4)
-    hue_range: tuple[float, float] = (-0.1, 0.1)
-    blur_sigma_range: tuple[float, float] = (0.1, 2.0)
+    # The ranges θ is drawn from (`RANGE_FIELDS`); each field's help describes it wherever it is set.
+    rotation_range: tuple[float, float] = _range((-45.0, 45.0), "Angle range in degrees (ccw > 0).")
+    translation_range: tuple[float, float] = _range((-10.0, 10.0), "Shift range in pixels at 224².")
+    brightness_range: tuple[float, float] = _range((-0.4, 0.4), "Brightness offset range.")
+    contrast_range: tuple[float, float] = _range((-0.4, 0.4), "Contrast offset range.")
+    saturation_range: tuple[float, float] = _range((-0.4, 0.4), "Saturation offset range.")
+    hue_range: tuple[float, float] = _range((-0.1, 0.1), "Hue offset range (turns).")
+    blur_sigma_range: tuple[float, float] = _range((0.1, 2.0), "Gaussian blur σ range (pixels at 224²).")
     reference_size: int = 224
 
     def __post_init__(self) -> None:
@@ -115,7 +123,7 @@ class TransformationConfig:
         elif components:
             raise ValueError(f"components is only used with family='composite', got family={self.family!r}")
 
-        for field_name in set(_PARAMETER_RANGE_FIELDS.values()):
+        for field_name in RANGE_FIELDS:
             value = getattr(self, field_name)
             try:
                 low, high = (float(v) for v in value)
@@ -133,6 +141,11 @@ class TransformationConfig:
             raise ValueError(f"blur_sigma_range must be >= 0, got {self.blur_sigma_range}")
         if not (isinstance(self.reference_size, int) and self.reference_size > 0):
             raise ValueError(f"reference_size must be a positive int, got {self.reference_size!r}")
+
+    @classmethod
+    def range_fields(cls) -> tuple[Field, ...]:
+        """The fields θ's ranges are set with, with their help (`metadata["help"]`), in declaration order."""
+        return tuple(f for f in fields(cls) if f.metadata.get("range"))
 
     @property
     def steps(self) -> tuple[str, ...]:
@@ -189,6 +202,10 @@ class TransformationConfig:
             raise ValueError(f"unknown TransformationConfig keys {unknown}; allowed: {sorted(known)}")
         kwargs = {key: tuple(value) if isinstance(value, list) else value for key, value in config_dict.items()}
         return cls(**kwargs)
+
+
+#: Names of the range fields of `TransformationConfig`: the one list of them.
+RANGE_FIELDS: tuple[str, ...] = tuple(f.name for f in TransformationConfig.range_fields())
 
 
 @dataclass

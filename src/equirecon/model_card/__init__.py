@@ -5,7 +5,8 @@ the config's `architectures` tell the kind, and the kind says which files the ca
 
 - a pretrained encoder (`EquiReconForPreTraining`, `EquiReconModel`): `config.json`, `equirecon_run.json` (written by
   `equirecon pretrain`) and `equivariance_results.json` (the equivariance benchmark, written by `equirecon pretrain`
-  or `equirecon evaluate equivariance --output`, with its `model-index` entries under `eval_results`);
+  or `equirecon evaluate equivariance --output`, with its `model-index` entries under `eval_results`); the card
+  shows the run's pictures, `reconstructions.png` and `loss_curves.png`, where they are;
 - a fine-tuned model (`…ForImageClassification`, `…ForSemanticSegmentation`): `config.json`, `equirecon_run.json`
   (written by `equirecon finetune`: base model, protocol, data, measured metrics, hyperparameters, training log;
   read by `equirecon.model_card.finetuned`).
@@ -39,6 +40,10 @@ from ..reporting import (
 RUN_FILE = "equirecon_run.json"
 EQUIVARIANCE_FILE = "equivariance_results.json"
 CARD_FILE = "README.md"
+TRAINING_LOG_FILE = "training_log.json"
+#: The pictures `equirecon pretrain` draws (`equirecon.training.figures`), shown on the card by relative link.
+RECONSTRUCTIONS_FILE = "reconstructions.png"
+LOSS_CURVES_FILE = "loss_curves.png"
 
 _OBJECTIVE_NAMES = {"vicreg": "VICReg", "simclr": "SimCLR"}
 _PARAMETER_UNITS = {
@@ -129,6 +134,31 @@ def _training_summary(run: dict[str, Any] | None) -> str:
     elif "skipped_images" in run:
         lines.append("- Every image read decoded; none was skipped.")
     return "\n".join(lines)
+
+
+def _pictures(directory: Path, run: dict[str, Any] | None) -> str:
+    """A `### Pictures` section ending in a blank line (or nothing): the run's pictures, linked by relative path (the
+    Hub shows them from the repository's files), or why a pretraining run has none."""
+    parts = []
+    if (directory / RECONSTRUCTIONS_FILE).is_file():
+        parts.append(
+            f"![Reconstructions of held-out pairs]({RECONSTRUCTIONS_FILE})\n\n`{RECONSTRUCTIONS_FILE}`: the "
+            "decoders' answers on held-out pairs next to the θ-free answers they must beat, each with its masked MSE."
+        )
+    elif run is not None and not run.get("data_arguments", {}).get("validation_split"):
+        parts.append("No reconstruction picture: it is drawn from held-out pairs, and this run had none.")
+    if (directory / LOSS_CURVES_FILE).is_file():
+        parts.append(
+            f"![Loss curves]({LOSS_CURVES_FILE})\n\n`{LOSS_CURVES_FILE}`: the logged losses against the optimizer "
+            "step; the held-out reconstruction loss next to its controls (dashed), which it must fall below."
+        )
+    elif run is not None:
+        log = _read_json(directory / TRAINING_LOG_FILE) or []
+        if any("loss" in key for entry in log for key in entry if key != "train_loss"):
+            parts.append(f"No loss-curve picture in this directory; the logged losses are in `{TRAINING_LOG_FILE}`.")
+        else:
+            parts.append("No loss curves: the run logged no loss (it logs every `--logging_steps` steps).")
+    return "".join(f"{part}\n\n" for part in ["### Pictures", *parts]) if parts else ""
 
 
 def _wall_time(run: dict[str, Any]) -> str:
@@ -334,7 +364,7 @@ def _pretrained_content(
             f"new head\n(`equirecon finetune classification|segmentation --model {repo_id}`)."
         ),
         sections=(
-            f"## Training data and recipe\n\n{_training_summary(run)}\n\n"
+            f"## Training data and recipe\n\n{_training_summary(run)}\n\n{_pictures(directory, run)}"
             f"## Evaluation\n\n{_evaluation_summary(equivariance, repo_id)}"
         ),
         limitations=(

@@ -1,4 +1,9 @@
-"""The EquiRecon model family (transformers-compatible; these files also travel as Hub custom code)."""
+"""The EquiRecon model family, transformers-compatible.
+
+Every module here travels with `save_pretrained` as Hub custom code, so it imports only torch, transformers and its
+siblings (`tests/test_architecture.py` checks it); `docs/architecture.md` (*The modeling package*) says which module
+does what.
+"""
 
 from .configuration_equirecon import SSL_OBJECTIVES, EquiReconConfig
 from .modeling_equirecon import (

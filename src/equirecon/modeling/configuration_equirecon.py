@@ -84,11 +84,9 @@ class EquiReconConfig(EquiReconConfigValidationMixin, BackboneConfigMixin, Pretr
             λ in `loss = ssl_weight·ssl_loss + λ·reconstruction_loss`. `0.0` gives the host method alone, without
             decoders. The reconstruction loss is the masked mean squared error **per pixel and channel**, averaged
             over the K decoders, so λ means the same at every image size (a per-image sum is the same loss times
-            3·H·W: 12 288 at 64², 150 528 at 224²). Measured with `benchmarks/reconstruction_signal.py` (tiny
-            preset, VICReg, λ = 1): the reconstruction gradient reaching the encoder is 0.006× the SSL gradient at
-            step 0 (while VICReg's variance term dominates), 1.5× at step 10 and 0.6× at step 50, so the two terms
-            pull with comparable strength at the paper's λ = 1 and λ > 5 lets reconstruction dominate, the regime
-            the paper found unstable.
+            3·H·W: 12 288 at 64², 150 528 at 224²). At the paper's λ = 1 the two terms pull the encoder with
+            comparable strength (`benchmarks/reconstruction_signal.py`, `docs/results.md`); λ > 5 lets
+            reconstruction dominate, the regime the paper found unstable.
         ssl_objective (`str`, *optional*, defaults to `"vicreg"`):
             Host SSL objective on the invariant part, one of `SSL_OBJECTIVES`.
         ssl_weight (`float`, *optional*, defaults to 1.0):
@@ -144,8 +142,8 @@ class EquiReconConfig(EquiReconConfigValidationMixin, BackboneConfigMixin, Pretr
             Channels per pixel written by a decoder's linear layer, which maps each token to its own p×p patch.
         decoder_hidden_channels (`int`, *optional*, defaults to 8):
             Width of the decoder's three hidden convolutions. The convolutions run at full resolution, so their
-            width sets the cost of the auxiliary task (`benchmarks/step_overhead.py`): 8/8 keeps ViT-S/16 at 224²
-            within +10% step time; `docs/results.md` compares 8/8 with 16/32 for the effect itself. The decoders
+            width sets the cost of the auxiliary task (`benchmarks/step_overhead.py`); `docs/results.md` gives the
+            step time of 8/8 and compares it with 16/32 for the effect itself. The decoders
             are initialised by fan-in, not with `initializer_range`, so their gradient reaches the encoder from
             the first step.
         decoder_kernel_size (`int`, *optional*, defaults to 3):

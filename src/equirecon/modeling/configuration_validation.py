@@ -7,6 +7,7 @@ Travels with the configuration file as Hub custom code, so it imports only the s
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -25,9 +26,12 @@ SEGMENTATION_HEADS = ("linear", "upernet")
 
 
 def as_pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(value, (list, tuple)):
+    """An image or patch size as (height, width): one number for both, or a pair, as transformers configs give it."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
         return int(value[0]), int(value[1])
-    return int(value), int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return int(value), int(value)
+    raise ValueError(f"cannot read a size from {value!r}: give one int, or a pair (height, width).")
 
 
 def _is_positive_int(value: Any) -> bool:

@@ -1,9 +1,6 @@
 # Copyright 2026 The equirecon developers. Licensed under the Apache License, Version 2.0.
 """The reconstruction branch of EquiRecon pretraining: the decoders that reconstruct the K intermediate images from
-both views' equivariant features, and their loss.
-
-Self-contained (torch only) so that it travels with `save_pretrained` as Hub custom code.
-"""
+both views' equivariant features, and their loss."""
 
 from __future__ import annotations
 
@@ -22,6 +19,19 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
         return squared_error.mean()
     mask = mask.to(squared_error.dtype).expand_as(squared_error)
     return (squared_error * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def counted_target_mask(
+    intermediate_mask: torch.Tensor | None, reconstructed_pairs: torch.Tensor | None
+) -> torch.Tensor | None:
+    """The mask of the reconstruction loss: the targets' valid pixels (batch, K, 1, H, W; None: all) in the pairs the
+    loss counts (`reconstructed_pairs`, (batch,); None: all). The model's loss and the trainer's controls both score
+    with it, so that they score the same pixels."""
+    if reconstructed_pairs is None:
+        return intermediate_mask
+    dtype = intermediate_mask.dtype if intermediate_mask is not None else torch.float32
+    pair_mask = reconstructed_pairs.to(dtype).view(-1, 1, 1, 1, 1)
+    return pair_mask if intermediate_mask is None else intermediate_mask * pair_mask
 
 
 class EquiReconDecoder(nn.Module):
@@ -53,9 +63,8 @@ class EquiReconDecoder(nn.Module):
             conv(hidden, config.backbone_config.num_channels),
         )
         # Fan-in scaled initialisation (He before a GELU, LeCun elsewhere), read by `_init_weights`, so the
-        # output and the gradient reaching the encoder have the inputs' scale from the first step. With the encoder's
-        # 0.02 std, five layers in a row gave outputs of ~1e-4 and a reconstruction gradient ~1e-6 of the SSL one:
-        # the auxiliary task waited tens of steps to start (`benchmarks/reconstruction_signal.py`).
+        # output and the gradient reaching the encoder have the inputs' scale from the first step: five layers at the
+        # encoder's 0.02 std would start the auxiliary task near zero (`benchmarks/reconstruction_signal.py`).
         layers = [self.to_patches, *(layer for layer in self.convs if isinstance(layer, nn.Conv2d))]
         for index, layer in enumerate(layers):
             layer.init_gain = 2**0.5 if 0 < index < len(layers) - 1 else 1.0
@@ -68,4 +77,4 @@ class EquiReconDecoder(nn.Module):
         return self.convs(F.pixel_shuffle(patches, self.patch_size))
 
 
-__all__ = ["EquiReconDecoder", "masked_mse"]
+__all__ = ["EquiReconDecoder", "counted_target_mask", "masked_mse"]

@@ -4,8 +4,7 @@ pyramid) and the BatchNorm guard for a training batch of one example.
 
 The UPerNet head is the one of transformers' `UperNetForSemanticSegmentation` (pyramid pooling + FPN, and an FCN
 auxiliary head; after OpenMMLab's mmsegmentation), written out here with the same module names, so that a checkpoint's
-keys are those of transformers' modules and nothing here depends on transformers' private classes. Self-contained
-(torch only) so that it travels with `save_pretrained` as Hub custom code.
+keys are those of transformers' modules and nothing here depends on transformers' private classes.
 """
 
 from __future__ import annotations

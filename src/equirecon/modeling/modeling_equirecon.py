@@ -6,9 +6,8 @@ Representation", AAAI 2026. The encoder is a stock transformers ViT-family model
 features into an invariant part (host SSL objective) and an equivariant part, from which K decoders reconstruct the
 images at intermediate points of the transformation linking the two views.
 
-Self-contained (torch, transformers and sibling modules only) so that it travels with `save_pretrained` as Hub
-custom code. Its parts by job: the decoders in `decoders.py`, the host objectives in `objectives.py`, the DINO
-family's EMA teacher in `teacher.py`, the segmentation heads' layers in `heads.py`, warm starts in `warm_start.py`.
+The sibling modules it is made of, by job, and why they import nothing else: `docs/architecture.md`, *The modeling
+package*.
 """
 
 from __future__ import annotations
@@ -32,13 +31,14 @@ except ImportError:  # transformers releases before the module moved
     from transformers.utils.backbone_utils import BackboneMixin
 
 from .configuration_equirecon import EquiReconConfig
-from .decoders import EquiReconDecoder, masked_mse
+from .decoders import EquiReconDecoder, counted_target_mask, masked_mse
+from .dino_heads import WeightNormalizedLinear
 from .heads import (
     EquiReconLinearSegmentationHead,
     EquiReconUperNetSegmentationHead,
     running_statistics_for_single_values,
 )
-from .objectives import WeightNormalizedLinear, build_objective
+from .objectives import build_objective
 from .pretraining_inputs import check_views, reconstructed_pairs, student_masks
 from .teacher import EquiReconTeacher, EquiReconTeacherMixin, TeacherCentering
 from .warm_start import from_pretrained_backbone, without_pooler
@@ -179,6 +179,16 @@ class EquiReconPreTrainedModel(PreTrainedModel):
         return {**kwargs, **{name: getattr(self.config, name) for name in flags if kwargs.get(name) is None}}
 
     from_pretrained_backbone = classmethod(from_pretrained_backbone)  # warm starts, see `warm_start.py`
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any):
+        # transformers re-creates loaded tensors as trainable parameters, undoing the freezes done in __init__.
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._freeze_again()  # output_loading_info=True: a tuple
+        return loaded
+
+    def _freeze_again(self) -> None:
+        """Freeze what `__init__` froze (the downstream heads' frozen encoder, the EMA teacher); nothing here."""
 
 
 class EquiReconModel(EquiReconPreTrainedModel):
@@ -352,7 +362,7 @@ class EquiReconForPreTraining(EquiReconTeacherMixin, EquiReconPreTrainedModel):
             Multi-crop local crops (DINO family): the student encodes them and distils their CLS token from the
             teacher's two global views; the teacher and the decoders never see them.
         """
-        batch_size, _, height, width = pixel_values.shape
+        batch_size = pixel_values.shape[0]
         has_teacher = self.teacher is not None
         grid_size = check_views(self.config, has_teacher, pixel_values, transformed_pixel_values, local_pixel_values)
         masks = student_masks(self.config, bool_masked_pos, batch_size, grid_size, return_loss)
@@ -379,16 +389,9 @@ class EquiReconForPreTraining(EquiReconTeacherMixin, EquiReconPreTrainedModel):
         if wants_reconstruction and len(self.decoders) > 0:
             reconstructions = self.reconstruct(equivariant, grid_size)
             if return_loss and intermediate_pixel_values is not None:
-                expected = (batch_size, len(self.decoders), 3, height, width)
-                if tuple(intermediate_pixel_values.shape) != expected:
-                    raise ValueError(
-                        f"`intermediate_pixel_values` has shape {tuple(intermediate_pixel_values.shape)}, expected "
-                        f"{expected} (batch, K=num_intermediates, channels, height, width)."
-                    )
-                if pairs is not None:
-                    pair_mask = pairs.to(reconstructions.dtype).view(batch_size, 1, 1, 1, 1)
-                    intermediate_mask = pair_mask if intermediate_mask is None else intermediate_mask * pair_mask
-                reconstruction_loss = masked_mse(reconstructions, intermediate_pixel_values, intermediate_mask)
+                reconstruction_loss = self.reconstruction_loss(
+                    reconstructions, intermediate_pixel_values, intermediate_mask, pairs
+                )
                 loss = loss + self.config.reconstruction_weight * reconstruction_loss
 
         return EquiReconForPreTrainingOutput(
@@ -409,6 +412,22 @@ class EquiReconForPreTraining(EquiReconTeacherMixin, EquiReconPreTrainedModel):
         pair's first view here."""
         decoder_input = torch.cat([equivariant_embeds[0], equivariant_embeds[1]], dim=-1)
         return torch.stack([decoder(decoder_input, grid_size) for decoder in self.decoders], dim=1)
+
+    def reconstruction_loss(
+        self,
+        reconstructions: torch.Tensor,
+        intermediate_pixel_values: torch.Tensor,
+        intermediate_mask: torch.Tensor | None = None,
+        pairs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`forward`'s `reconstruction_loss` of `reconstruct`'s output: the masked MSE against the K targets over their
+        valid pixels in the `pairs` counted (`forward`'s `reconstructed_pairs`; None: all), as the trainer's controls."""
+        if intermediate_pixel_values.shape != reconstructions.shape:
+            raise ValueError(
+                f"`intermediate_pixel_values` has shape {tuple(intermediate_pixel_values.shape)}, expected "
+                f"{tuple(reconstructions.shape)} (batch, K=num_intermediates, channels, height, width)."
+            )
+        return masked_mse(reconstructions, intermediate_pixel_values, counted_target_mask(intermediate_mask, pairs))
 
 
 class EquiReconDownstreamModel(EquiReconPreTrainedModel):
@@ -431,17 +450,11 @@ class EquiReconDownstreamModel(EquiReconPreTrainedModel):
 
     def _finish_init(self) -> None:
         self.post_init()
+        self._freeze_again()
+
+    def _freeze_again(self) -> None:
         if self.config.freeze_backbone:
             self.freeze_backbone()
-
-    @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any):
-        # transformers re-creates loaded tensors as trainable parameters, undoing the freeze done in __init__.
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a tuple
-        if model.config.freeze_backbone:
-            model.freeze_backbone()
-        return loaded
 
     def freeze_backbone(self, freeze: bool = True) -> None:
         """Stop (or restart) gradients to the encoder, e.g. for a linear probe; also recorded in the config."""
@@ -502,9 +515,9 @@ class EquiReconForImageClassification(EquiReconDownstreamModel):
         super().__init__(config)
         self._build_encoder(config)
         # Per-feature standardisation over the batch (no parameters; running statistics at inference), as MAE's
-        # linear probe: an encoder's tokens share a large image-independent part (a 5-step tiny model: the images
-        # differ by 14% of the feature scale), which a plain linear head at fine-tuning learning rates needs hundreds
-        # of steps to see past. Checkpoints without it load as before (running mean 0, variance 1: the identity).
+        # linear probe: an encoder's tokens share a large image-independent part, which a plain linear head at
+        # fine-tuning learning rates needs hundreds of steps to see past. Checkpoints without it load with the
+        # identity statistics (running mean 0, variance 1).
         self.feature_norm = nn.BatchNorm1d(2 * config.hidden_size, affine=False)
         self.classifier = (
             nn.Linear(2 * config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()

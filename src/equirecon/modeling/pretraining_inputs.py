@@ -1,9 +1,6 @@
 # Copyright 2026 The equirecon developers. Licensed under the Apache License, Version 2.0.
 """The pretraining batch as `EquiReconForPreTraining.forward` takes it: the checks of the views and masks (a bad batch
-fails with the argument, its shape and what was expected), and which pairs the reconstruction loss counts.
-
-Self-contained (torch only) so that it travels with `save_pretrained` as Hub custom code.
-"""
+fails with the argument, its shape and what was expected), and which pairs the reconstruction loss counts."""
 
 from __future__ import annotations
 

@@ -2,10 +2,9 @@
 """The EMA teacher of the DINO family (DINO, iBOT, DINOv2): its schedules, the centring of its scores, the teacher
 module and the life cycle `EquiReconForPreTraining` gets from `EquiReconTeacherMixin`.
 
-The schedules are functions of the optimizer step that the training loop computes and hands to the model
-(`TeacherSchedules`; `equirecon.training.TeacherCallback` drives them from Trainer's `global_step`), as dinov2's
-training loop hands `update_teacher` a momentum. Self-contained (torch only; the modeling classes it serves are
-passed in) so that it travels with `save_pretrained` as Hub custom code.
+The training loop computes the schedules and hands their values to the model (`equirecon.training.TeacherCallback`);
+how the schedules, the centres and the EMA update fit together is described once, in `docs/architecture.md` (*The
+DINO family*). The modeling classes it serves are passed in, not imported.
 """
 
 from __future__ import annotations
@@ -211,14 +210,10 @@ class EquiReconTeacherMixin:
     `config` it reads): the copy from the student, the EMA update with a given momentum, the temperature and the
     last-layer freeze the training loop schedules, and the distillation loss."""
 
-    @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any):
-        # transformers re-creates loaded tensors as trainable parameters, undoing the teacher's freeze.
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a tuple
-        if model.teacher is not None:
-            model.teacher.requires_grad_(False)
-        return loaded
+    def _freeze_again(self) -> None:
+        """After `from_pretrained` (`EquiReconPreTrainedModel`): the loaded teacher gets no gradients."""
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False)
 
     def _student_parts(self) -> list[nn.Module]:
         """The student modules the teacher mirrors, in the order of `teacher.equirecon`, `teacher.heads`."""

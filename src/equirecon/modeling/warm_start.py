@@ -1,10 +1,6 @@
 # Copyright 2026 The equirecon developers. Licensed under the Apache License, Version 2.0.
 """Warm starts: an EquiRecon encoder initialised from a transformers ViT-family checkpoint (DINOv2, ViT, DeiT, ViTMAE),
-and the one way EquiRecon copies an encoder into another (also the EMA teacher from its student).
-
-Self-contained (torch, transformers and sibling modules only) so that it travels with `save_pretrained` as Hub
-custom code.
-"""
+and the one way EquiRecon copies an encoder into another (also the EMA teacher from its student)."""
 
 from __future__ import annotations
 

@@ -4,14 +4,14 @@ training)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 import torch
 from transformers import TrainingArguments
 
-from ..command_line import RunOutputArguments
-from ..imaging.transformations import FAMILIES, TransformationConfig
+from ..imaging.transformations import FAMILIES, RANGE_FIELDS, TransformationConfig
+from ..run_directory import RunOutputArguments
 from .views import VIEW_PRESETS
 
 
@@ -106,17 +106,31 @@ def default_dataloader_workers() -> int:
     return max(1, min(16, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1)) - 1))
 
 
+#: The training flags that set model config fields (K, λ and the SSL weight): the config owns them, so
+#: `equirecon pretrain` builds the model with them and `EquiReconTrainer` refuses a model whose config disagrees.
+MODEL_CONFIG_FLAGS: tuple[str, ...] = ("num_intermediates", "reconstruction_weight", "ssl_weight")
+
+#: One optional flag per range of `TransformationConfig` (`RANGE_FIELDS`), with its help: each given one takes
+#: precedence over the model config's `transformation`.
+TransformationRangeArguments = make_dataclass(
+    "TransformationRangeArguments",
+    [
+        (f.name, list[float] | None, field(default=None, metadata={"help": f.metadata["help"]}))
+        for f in TransformationConfig.range_fields()
+    ],
+)
+
+
 @dataclass
-class EquiReconTrainingArguments(RunOutputArguments, TrainingArguments):
+class EquiReconTrainingArguments(RunOutputArguments, TransformationRangeArguments, TrainingArguments):
     """`TrainingArguments` plus the method's own: the learning-rate scaling rule, the loss weights, the
-    transformation g_θ and its ranges, K, and the base-view augmentations."""
+    transformation g_θ and its ranges (`TransformationRangeArguments`), K, and the base-view augmentations."""
 
     base_learning_rate: float | None = field(
         default=None,
         metadata={"help": "If set, learning_rate = base_learning_rate × effective batch size / 256 (as run_mae)."},
     )
-    # λ, K and the SSL weight belong to the model config; `equirecon pretrain` applies these to it before building
-    # the model, and EquiReconTrainer refuses a model whose config disagrees.
+    # λ, K and the SSL weight belong to the model config (`MODEL_CONFIG_FLAGS`).
     ssl_weight: float | None = field(
         default=None, metadata={"help": "Weight of the host SSL loss, set in the model config (default: its, 1.0)."}
     )
@@ -133,15 +147,6 @@ class EquiReconTrainingArguments(RunOutputArguments, TrainingArguments):
     )
     transformation_components: list[str] | None = field(
         default=None, metadata={"help": "Families composed when transformation_family is 'composite'."}
-    )
-    rotation_range: list[float] | None = field(default=None, metadata={"help": "Angle range in degrees (ccw > 0)."})
-    translation_range: list[float] | None = field(default=None, metadata={"help": "Shift range in pixels at 224²."})
-    brightness_range: list[float] | None = field(default=None, metadata={"help": "Brightness offset range."})
-    contrast_range: list[float] | None = field(default=None, metadata={"help": "Contrast offset range."})
-    saturation_range: list[float] | None = field(default=None, metadata={"help": "Saturation offset range."})
-    hue_range: list[float] | None = field(default=None, metadata={"help": "Hue offset range (turns)."})
-    blur_sigma_range: list[float] | None = field(
-        default=None, metadata={"help": "Gaussian blur σ range (pixels at 224²)."}
     )
     view_preset: str = field(default="all", metadata={"help": f"Base augmentations A1/A2, one of {VIEW_PRESETS}."})
     crop_scale: list[float] = field(default_factory=lambda: [0.32, 1.0], metadata={"help": "RandomResizedCrop scale."})
@@ -208,6 +213,10 @@ class EquiReconTrainingArguments(RunOutputArguments, TrainingArguments):
         """Images per optimizer step over all processes: per-device batch × accumulation × world size."""
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
 
+    def model_config_overrides(self) -> dict[str, Any]:
+        """The model config fields these arguments set: the `MODEL_CONFIG_FLAGS` given."""
+        return {name: getattr(self, name) for name in MODEL_CONFIG_FLAGS if getattr(self, name) is not None}
+
     def transformation_config(self, model_transformation: dict[str, Any]) -> TransformationConfig:
         """The g_θ to train with: the model config's, with the ranges and family given here taking precedence."""
         fields_ = dict(model_transformation)
@@ -215,15 +224,7 @@ class EquiReconTrainingArguments(RunOutputArguments, TrainingArguments):
             fields_["family"] = self.transformation_family
         if self.transformation_components is not None:
             fields_["components"] = self.transformation_components
-        for name in (
-            "rotation_range",
-            "translation_range",
-            "brightness_range",
-            "contrast_range",
-            "saturation_range",
-            "hue_range",
-            "blur_sigma_range",
-        ):
+        for name in RANGE_FIELDS:
             value = getattr(self, name)
             if value is not None:
                 if len(value) != 2:
@@ -235,12 +236,13 @@ class EquiReconTrainingArguments(RunOutputArguments, TrainingArguments):
 @dataclass
 class EvaluationArguments:
     """The evaluation `equirecon pretrain` runs at the end: the paper's equivariance R² benchmark on held-out photos,
-    whose results go into the model card."""
+    whose results go into the model card. It is `equirecon evaluate equivariance`'s: what is not set here (None) is
+    that command's default, which `equirecon.commands.pretrain` reads from its arguments."""
 
     equivariance_benchmark: bool = field(default=True, metadata={"help": "Run the benchmark after pretraining."})
-    equivariance_families: list[str] = field(
-        default_factory=lambda: ["rotation", "color", "blur", "translation"],
-        metadata={"help": "Families of the equivariance benchmark."},
+    equivariance_families: list[str] | None = field(
+        default=None,
+        metadata={"help": "Families of the equivariance benchmark (default: equirecon evaluate equivariance's)."},
     )
     equivariance_features: list[str] = field(
         default_factory=lambda: ["mean_patch", "equivariant"],
@@ -256,11 +258,18 @@ class EvaluationArguments:
             "or the --model_name_or_path checkpoint): the reference row."
         },
     )
-    equivariance_num_crops: int = field(
-        default=4096,
-        metadata={"help": "Crops of the benchmark: 3/5 fit the θ regressor, 1/5 stops it early, 1/5 is scored."},
+    equivariance_num_crops: int | None = field(
+        default=None,
+        metadata={
+            "help": "Crops of the benchmark: 3/5 fit the θ regressor, 1/5 stops it early, 1/5 is scored (default: "
+            "equirecon evaluate equivariance's)."
+        },
     )
-    equivariance_epochs: int = field(
-        default=100, metadata={"help": "Epochs of the θ regressor at most (early-stopped on held-out photos)."}
+    equivariance_epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Epochs of the θ regressor at most, early-stopped on held-out photos (default: equirecon "
+            "evaluate equivariance's)."
+        },
     )
     equivariance_max_images: int = field(default=500, metadata={"help": "Photos of the evaluation split used."})

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..modeling.modeling_equirecon import masked_mse
+from ..modeling.decoders import masked_mse
 
 __all__ = [
     "BLEND_BASELINES",
@@ -24,6 +24,7 @@ __all__ = [
     "blend_statistics",
     "box_blur",
     "copy_answers",
+    "copy_losses",
     "cross_fitted_coefficients",
 ]
 
@@ -50,6 +51,16 @@ def copy_answers(first_view: torch.Tensor, transformed: torch.Tensor) -> dict[st
     """Each copy baseline's answer (B, C, H, W), the same for every target."""
     answers = (transformed, box_blur(transformed), first_view)
     return dict(zip(COPY_BASELINES, answers, strict=True))
+
+
+def copy_losses(
+    first_view: torch.Tensor, transformed: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Each copy baseline's masked MSE on the K targets (B, K, C, H, W), with the masks the decoders are scored with."""
+    return {
+        name: masked_mse(answer.unsqueeze(1).expand_as(targets), targets, masks)
+        for name, answer in copy_answers(first_view, transformed).items()
+    }
 
 
 def blend_inputs(first_view: torch.Tensor, transformed: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

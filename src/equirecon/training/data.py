@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -27,10 +27,12 @@ from datasets.distributed import split_dataset_by_node
 
 from ..imaging.decoding import to_rgb_uint8
 from ..imaging.sources import embedded_photos, find_image_column, image_folder_to_parquet, load_images
+from ..imaging.transformations import TransformationConfig, TransformedPair, make_transformed_pair
 from .views import TransformPairMaker
 
 __all__ = [
     "TRANSFORM_PAIR_KEYS",
+    "batch_transformed_pair",
     "build_transform_pair_dataset",
     "collate_transform_pairs",
     "embedded_photos",
@@ -220,3 +222,24 @@ def collate_transform_pairs(examples: Sequence[dict[str, Any]]) -> dict[str, Any
     if skipped:  # only batches that follow a skipped image carry the list
         batch[SKIPPED_IMAGES_KEY] = skipped
     return batch
+
+
+def batch_transformed_pair(
+    batch: Mapping[str, torch.Tensor],
+    transformation: TransformationConfig,
+    num_intermediates: int,
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
+) -> TransformedPair:
+    """v2 and the K targets with their masks for a collated batch, made on its device from its u and θ: the
+    trainer's and the reconstruction picture's. u may carry a context margin around the view, so the pair is cut to
+    the size of ``pixel_values``."""
+    return make_transformed_pair(
+        batch["base_pixel_values"],
+        batch["transform_params"],
+        transformation,
+        num_intermediates,
+        image_mean=image_mean,
+        image_std=image_std,
+        output_size=batch["pixel_values"].shape[-1],
+    )

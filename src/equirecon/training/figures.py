@@ -1,21 +1,27 @@
-"""The picture a pretraining run leaves (`reconstructions.png`): the decoders' answers next to the θ-free answers they
-must beat, each with its error on the same target and mask."""
+"""The pictures a pretraining run leaves: `reconstructions.png`, the decoders' answers next to the θ-free answers they
+must beat, each with its error on the same target and mask; and `loss_curves.png`, the logged losses against the step,
+the held-out reconstruction loss next to the same controls."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..imaging.context import center_crop
-from ..imaging.transformations import TransformationConfig, make_transformed_pair
+from ..imaging.transformations import TransformationConfig
 from ..modeling import EquiReconForPreTraining
-from ..modeling.modeling_equirecon import masked_mse
+from ..modeling.decoders import masked_mse
 from .controls import NUM_HALVES, blend_answers, blend_inputs, copy_answers
+from .data import batch_transformed_pair
 
-__all__ = ["save_reconstruction_figure"]
+__all__ = ["save_loss_curves", "save_reconstruction_figure"]
+
+logger = logging.getLogger(__name__)
 
 #: Short names of the controls in the panels' labels.
 _CONTROL_LABELS = {
@@ -52,15 +58,7 @@ def save_reconstruction_figure(
     batch = {key: value[:num_examples].to(device) for key, value in batch.items() if torch.is_tensor(value)}
     k = model.config.num_intermediates
     size = batch["pixel_values"].shape[-1]
-    pair = make_transformed_pair(
-        batch["base_pixel_values"],
-        batch["transform_params"],
-        transformation,
-        k,
-        image_mean=image_mean,
-        image_std=image_std,
-        output_size=size,
-    )
+    pair = batch_transformed_pair(batch, transformation, k, image_mean, image_std)
     with torch.no_grad():
         outputs = model(
             pixel_values=batch["pixel_values"],
@@ -122,6 +120,68 @@ def save_reconstruction_figure(
         "have learnt something only where they beat every θ-free control",
         fontsize=8,
     )
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+#: The training losses `EquiReconTrainer` logs; held-out losses are every logged `eval_*_loss`.
+_TRAINING_LOSSES = ("loss", "ssl_loss", "reconstruction_loss")
+
+
+def save_loss_curves(log_history: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """The losses of `Trainer.state.log_history` against the optimizer step: the total and SSL losses in one panel,
+    the reconstruction loss in another next to its controls (dashed: the θ-free answers `eval_copy_*` and the pairing
+    control `eval_unpaired_reconstruction_loss`), as the reconstruction picture compares them. Training losses are
+    solid, held-out ones dotted; logged points are marked (about 50 a line at most), so a run that logged once still
+    draws. Returns None, writing nothing, when no loss was logged."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for entry in log_history:
+        for name, value in entry.items():
+            is_loss = name in _TRAINING_LOSSES or (name.startswith("eval_") and name.endswith("_loss"))
+            if is_loss and "step" in entry and isinstance(value, (int, float)):
+                steps, values = series.setdefault(name, ([], []))
+                steps.append(entry["step"])
+                values.append(value)
+    if not series:
+        logger.warning("No loss was logged, so no %s: set --logging_steps to at most --max_steps.", path.name)
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    def is_control(name: str) -> bool:
+        return name.startswith(("eval_copy_", "eval_unpaired_"))
+
+    panels = {
+        "total and SSL losses": [n for n in series if "reconstruction" not in n and not is_control(n)],
+        "reconstruction loss and its controls (lower is better)": [
+            n for n in series if "reconstruction" in n or is_control(n)
+        ],
+    }
+    panels = {title: names for title, names in panels.items() if names}
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False, layout="constrained")
+    for axis, (title, names) in zip(axes[0], panels.items(), strict=True):
+        colours: dict[str, str] = {}  # a loss and its held-out value in one colour
+        for name in sorted(names, key=lambda n: (is_control(n), n.startswith("eval_"), n)):
+            steps, values = series[name]
+            if is_control(name):
+                style, kind = {"linestyle": "--", "marker": "x"}, "control"
+            elif name.startswith("eval_"):
+                style, kind = {"linestyle": ":", "marker": "s"}, "held-out"
+            else:
+                style, kind = {"linestyle": "-", "marker": "o"}, "training"
+            colour = colours.setdefault(name.removeprefix("eval_"), f"C{len(colours) % 10}")
+            markevery = max(1, len(steps) // 50)  # a long run's line stays readable
+            axis.plot(
+                steps, values, color=colour, markersize=4, markevery=markevery, label=f"{name} ({kind})", **style
+            )
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("optimizer step")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.legend(fontsize=7)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path

@@ -1,6 +1,6 @@
 """Pretraining end to end with `EquiReconTrainer`: the model (training flags for λ, K and the SSL weight become
 config overrides before it is built), the data, training, and the run directory (weights, config, preprocessor, Hub
-custom code, logs, a picture of the reconstructions, the run record and a model card).
+custom code, logs, pictures of the reconstructions and the loss curves, the run record and a model card).
 
 The equivariance benchmark at the end is evaluation's, one layer up: `run` takes it as `evaluate_equivariance`,
 which `equirecon pretrain` (:mod:`equirecon.commands.pretrain`) passes.
@@ -8,8 +8,6 @@ which `equirecon pretrain` (:mod:`equirecon.commands.pretrain`) passes.
 
 from __future__ import annotations
 
-import copy
-import inspect
 import json
 import logging
 import time
@@ -20,29 +18,21 @@ from typing import Any, NamedTuple
 
 import torch
 from transformers import ViTImageProcessorPil, set_seed
-from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..command_line import (
-    ArgumentError,
-    check_output_dir,
-    finish_run,
-    last_checkpoint,
-    parse_config_overrides,
-    start_run,
-)
+from ..argument_checks import ArgumentError
 from ..imaging.sources import find_image_column, load_images
 from ..imaging.transformations import TransformationConfig
-from ..model_card import EQUIVARIANCE_FILE, RUN_FILE, write_model_card
-from ..modeling import EquiReconConfig, EquiReconForPreTraining
-from ..modeling.presets import PRESETS
-from ..modeling.warm_start import pretrained_encoder_config
+from ..model_card import EQUIVARIANCE_FILE, LOSS_CURVES_FILE, RECONSTRUCTIONS_FILE, RUN_FILE, write_model_card
+from ..modeling import EquiReconForPreTraining
 from ..publishing import push_output_directory, save_model_without_pushing
 from ..reporting import pairing_control, reconstruction_controls
+from ..run_directory import check_output_dir, finish_run, last_checkpoint, start_run
 from .arguments import DataArguments, EquiReconTrainingArguments, EvaluationArguments, ModelArguments
 from .data import build_transform_pair_dataset, collate_transform_pairs
-from .figures import save_reconstruction_figure
+from .figures import save_loss_curves, save_reconstruction_figure
 from .masking import BlockMaskGenerator
+from .model_setup import build_model, image_statistics
 from .run_record import run_record
 from .trainer import EquiReconTrainer
 from .views import TransformPairMaker
@@ -51,143 +41,6 @@ logger = logging.getLogger(__name__)
 
 
 Arguments = tuple[ModelArguments, DataArguments, EquiReconTrainingArguments, EvaluationArguments]
-
-
-def build_model(model_args: ModelArguments, training_args: EquiReconTrainingArguments) -> EquiReconForPreTraining:
-    """A new model from a preset or a transformers encoder checkpoint (`--init_from`), or an EquiRecon checkpoint to
-    continue."""
-    overrides = parse_config_overrides(model_args.config_overrides)
-    for name in ("num_intermediates", "reconstruction_weight", "ssl_weight"):  # the config owns them
-        if getattr(training_args, name) is not None:
-            overrides[name] = getattr(training_args, name)
-    if model_args.init_from:
-        return warm_start(model_args, overrides)
-    if model_args.image_size is not None:
-        overrides["image_size"] = model_args.image_size
-    try:
-        if model_args.model_name_or_path:
-            config = EquiReconConfig.from_pretrained(model_args.model_name_or_path)
-            config = with_overrides(config, overrides)
-            return EquiReconForPreTraining.from_pretrained(
-                model_args.model_name_or_path, config=config, trust_remote_code=model_args.trust_remote_code
-            )
-        config = with_overrides(EquiReconConfig.from_preset(model_args.preset or "tiny"), overrides)
-    except (ValueError, TypeError) as error:
-        raise ArgumentError(str(error)) from error
-    return EquiReconForPreTraining(config)
-
-
-#: The fields `EquiReconConfig` itself defines; every other override must name a field of the encoder's config.
-OWN_FIELDS = frozenset(inspect.signature(EquiReconConfig.__init__).parameters) - {"self", "kwargs", "backbone_config"}
-
-
-def with_overrides(config: EquiReconConfig, overrides: dict[str, Any]) -> EquiReconConfig:
-    """`config` with `--config_overrides` applied and validated again: EquiRecon fields (`d_patch`, `ssl_objective`,
-    ...) on the config, encoder fields (`drop_path_rate`, `num_hidden_layers`, ...) on its backbone config. A key that
-    is neither is refused, as transformers' `PretrainedConfig.update_from_string` refuses one, rather than stored
-    where nothing reads it."""
-    fields = config.to_dict()
-    encoder = fields["backbone_config"]
-    refuse_unknown_overrides(overrides, encoder, encoder.get("model_type", "encoder"))
-    for key, value in overrides.items():
-        (fields if key in OWN_FIELDS or key == "backbone_config" else encoder)[key] = value
-    if "num_hidden_layers" in overrides:  # the stages follow the depth, unless set too
-        for key in ("stage_names", "out_features", "out_indices"):
-            if key not in overrides:
-                encoder.pop(key, None)
-                fields.pop(key, None)
-    return EquiReconConfig(**fields)
-
-
-def refuse_unknown_overrides(overrides: dict[str, Any], encoder_fields: dict[str, Any], encoder_type: str) -> None:
-    """Refuse the override keys that are neither EquiReconConfig fields nor encoder config fields, as transformers'
-    `PretrainedConfig.update_from_string` refuses them."""
-    unknown = [key for key in overrides if key not in {*OWN_FIELDS, "backbone_config", *encoder_fields}]
-    if unknown:
-        raise ArgumentError(
-            f"--config_overrides sets {', '.join(unknown)}, which is neither an EquiReconConfig field nor a field of "
-            f"the {encoder_type} encoder's config: check the spelling (EquiReconConfig fields: "
-            f"{', '.join(sorted(OWN_FIELDS))})."
-        )
-
-
-#: Encoder sizes a preset fixes; with `--init_from` they are the checkpoint's, and a preset must agree.
-ENCODER_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size", "image_size")
-
-
-def warm_start(model_args: ModelArguments, overrides: dict[str, Any]) -> EquiReconForPreTraining:
-    """The encoder of `--init_from` with fresh heads and decoders: EquiRecon fields from the preset (if one is named)
-    and the overrides, the encoder's architecture from the checkpoint. Anything that would set the architecture too
-    is refused, naming both, before the weights are loaded."""
-    source = model_args.init_from
-    try:
-        checkpoint = pretrained_encoder_config(source, trust_remote_code=False)
-    except (OSError, ValueError) as error:
-        raise ArgumentError(f"--init_from {source}: {error}") from error
-    # Stochastic depth is a training setting, not architecture: a preset's or the overrides' value is kept.
-    drop_path_rate = overrides.pop("drop_path_rate", None)
-    refuse_unknown_overrides(overrides, checkpoint.to_dict(), checkpoint.model_type)
-    encoder_overrides = [key for key in overrides if key not in OWN_FIELDS]
-    if encoder_overrides:
-        raise ArgumentError(
-            f"--config_overrides sets {', '.join(encoder_overrides)}, but with --init_from {source} the encoder's "
-            "architecture is the checkpoint's: drop them (--image_size changes the input size)."
-        )
-    fields: dict[str, Any] = {}
-    if model_args.preset:
-        if model_args.preset not in PRESETS:
-            raise ArgumentError(f"Unknown preset {model_args.preset!r}; choose one of {sorted(PRESETS)}.")
-        preset = copy.deepcopy(PRESETS[model_args.preset])
-        preset_encoder = preset.pop("backbone_config")
-        compared = [name for name in ENCODER_SIZES if name != "image_size" or model_args.image_size is None]
-        differ = [name for name in compared if preset_encoder.get(name) != getattr(checkpoint, name, None)]
-        if differ:
-            ours = ", ".join(f"{name}={preset_encoder.get(name)}" for name in differ)
-            theirs = ", ".join(f"{name}={getattr(checkpoint, name, None)}" for name in differ)
-            raise ArgumentError(
-                f"--preset {model_args.preset} ({ours}) conflicts with --init_from {source} ({theirs}): the encoder's "
-                "architecture is the checkpoint's. Leave out --preset (--preset None after a recipe) to get "
-                "EquiReconConfig's heads, and set them with --config_overrides"
-                + (", the size with --image_size." if "image_size" in differ else ".")
-            )
-        fields.update(preset)
-        preset_drop_path = preset_encoder.get("drop_path_rate")
-        if drop_path_rate is None and preset_drop_path:
-            if hasattr(checkpoint, "drop_path_rate"):
-                drop_path_rate = preset_drop_path
-            else:
-                logger.warning(
-                    "--preset %s sets drop_path_rate=%s, but a %s encoder has no stochastic depth: training without it.",
-                    model_args.preset,
-                    preset_drop_path,
-                    checkpoint.model_type,
-                )
-    fields.update(overrides)
-    try:
-        return EquiReconForPreTraining.from_pretrained_backbone(
-            source,
-            image_size=model_args.image_size,
-            backbone_kwargs={"trust_remote_code": False},
-            drop_path_rate=drop_path_rate,
-            **fields,
-        )
-    except (OSError, ValueError, TypeError) as error:
-        raise ArgumentError(f"--init_from {source}: {error}") from error
-
-
-def image_statistics(model_args: ModelArguments) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of the model inputs: a checkpoint's own (ViT checkpoints use 0.5, DINOv2 ImageNet's),
-    so that a warm-started encoder sees what it was trained on; ImageNet's for a new model."""
-    source = model_args.init_from or model_args.model_name_or_path
-    if source:
-        try:
-            processor, _ = ImageProcessingMixin.get_image_processor_dict(source)
-        except OSError:
-            processor = {}
-        if processor.get("image_mean") and processor.get("image_std"):
-            return tuple(processor["image_mean"]), tuple(processor["image_std"])
-        logger.warning("%s has no image processor with image_mean and image_std: normalising as ImageNet.", source)
-    return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
 
 
 def build_datasets(
@@ -267,14 +120,16 @@ def build_datasets(
     return train, evaluation
 
 
-class StartingPoint(NamedTuple):
-    """The encoder a run started from, rebuilt after training as the benchmark's reference row."""
+class ReferenceEncoder(NamedTuple):
+    """The encoder a run started from, rebuilt after training as the equivariance benchmark's reference row."""
 
     label: str
     encoder: torch.nn.Module
 
 
-def starting_point(model_args: ModelArguments, training_args: EquiReconTrainingArguments) -> StartingPoint | None:
+def rebuild_reference_encoder(
+    model_args: ModelArguments, training_args: EquiReconTrainingArguments
+) -> ReferenceEncoder | None:
     """The encoder `run` trained, as it was before its first step: built again the same way, from the same seed, so a
     new model gets the same random weights and a warm start the same checkpoint (with the run's freshly initialised
     head). What a run added is measured against this, not against a random encoder when it started from trained
@@ -296,14 +151,12 @@ def starting_point(model_args: ModelArguments, training_args: EquiReconTrainingA
         return None
     finally:
         quiet.setLevel(level)
-    return StartingPoint(f"start ({source})" if source else "random initialisation", model.equirecon)
+    return ReferenceEncoder(f"start ({source})" if source else "random initialisation", model.equirecon)
 
 
-#: `evaluate_equivariance(model, data_args, evaluation_args, seed, output_dir, reference) -> results`, as
-#: `equirecon.commands.pretrain.evaluate_equivariance`.
-EquivarianceEvaluator = Callable[
-    [EquiReconForPreTraining, DataArguments, EvaluationArguments, int, Path, StartingPoint | None], dict[str, Any]
-]
+#: `evaluate_equivariance(model, image_processor, data_args, evaluation_args, seed, output_dir, reference) ->
+#: results`, as `equirecon.commands.pretrain.evaluate_equivariance`.
+EquivarianceEvaluator = Callable[..., dict[str, Any]]
 
 
 def run(
@@ -314,14 +167,16 @@ def run(
     *,
     evaluate_equivariance: EquivarianceEvaluator | None = None,
 ) -> dict:
-    """Pretrain, evaluate and write the run directory (model, preprocessor, logs, picture, model card); returns the
+    """Pretrain, evaluate and write the run directory (model, preprocessor, logs, pictures, model card); returns the
     final metrics.
 
     The equivariance benchmark (``evaluation_args.equivariance_benchmark``) needs ``evaluate_equivariance``; use
     :func:`equirecon.commands.pretrain.run`, which passes it, or turn the benchmark off."""
     evaluation_args = evaluation_args or EvaluationArguments()
     wants_benchmark = bool(
-        evaluation_args.equivariance_benchmark and evaluation_args.equivariance_families and data_args.validation_split
+        evaluation_args.equivariance_benchmark
+        and evaluation_args.equivariance_families != []  # None: the benchmark's own
+        and data_args.validation_split
     )
     if wants_benchmark and evaluate_equivariance is None:
         raise ArgumentError(
@@ -337,11 +192,7 @@ def run(
     set_seed(training_args.seed)
     model = build_model(model_args, training_args)
     config = model.config
-    try:
-        transformation = training_args.transformation_config(config.transformation)
-    except ValueError as error:
-        raise ArgumentError(str(error)) from error
-    config.transformation = transformation.to_dict()
+    transformation = TransformationConfig.from_dict(config.transformation)
     image_mean, image_std = image_statistics(model_args)
     mask_generator = BlockMaskGenerator.from_config(config) if config.uses_masks else None
     if training_args.local_crops_number and not config.uses_teacher:
@@ -399,7 +250,7 @@ def run(
     if trainer.is_world_process_zero():
         start_run(training_args.output_dir, command="pretrain", overwrite=training_args.overwrite_output_dir)
     train_result = trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir, resume))
-    save_model_without_pushing(trainer)  # pushed with its card, results and picture once they are written
+    save_model_without_pushing(trainer)  # pushed with its card, results and pictures once they are written
     metrics = dict(train_result.metrics)
     if eval_dataset:
         metrics.update(trainer.evaluate())
@@ -418,12 +269,13 @@ def run(
         trainer.save_metrics("all", metrics)
         trainer.save_state()
         (output_dir / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
+        save_loss_curves(trainer.state.log_history, output_dir / LOSS_CURVES_FILE)
         if eval_dataset:
             save_reconstruction_figure(
                 trained,
                 collate_transform_pairs(eval_dataset[:4]),
                 transformation,
-                output_dir / "reconstructions.png",
+                output_dir / RECONSTRUCTIONS_FILE,
                 image_mean=image_mean,
                 image_std=image_std,
                 blend_coefficients=trainer.blend_coefficients,
@@ -432,9 +284,13 @@ def run(
             model_args, data_args, training_args, config, transformation, trainer, metrics, time.time() - started
         )
         if wants_benchmark:
-            reference = starting_point(model_args, training_args) if evaluation_args.equivariance_reference else None
+            reference = (
+                rebuild_reference_encoder(model_args, training_args)
+                if evaluation_args.equivariance_reference
+                else None
+            )
             equivariance = evaluate_equivariance(
-                trained, data_args, evaluation_args, training_args.seed, output_dir, reference
+                trained, image_processor, data_args, evaluation_args, training_args.seed, output_dir, reference
             )
             metrics.update({f"equivariance_r2_{name}": value for name, value in equivariance["r2"].items()})
             metrics["equivariance_r2_mean"] = equivariance["mean_r2"]

@@ -1,12 +1,7 @@
 """The EMA teacher's share of training: a `TrainerCallback` that drives the DINO family's schedules from the Trainer's
-`global_step`.
-
-The schedules are functions of the step that this callback computes (`TeacherSchedules`) and hands to the model
-(`set_teacher_temperature`, `cancel_last_layer_gradients`, `update_teacher(momentum)`), as dinov2's training loop
-does; the teacher's weights and centres are part of the model's state dict, so a run resumed from a checkpoint
-continues exactly where it stopped. Trainer calls these events once per optimizer step,
-not per micro-batch of gradient accumulation, which is what the EMA update and the centres need: the centres collect
-every micro-batch's teacher scores and move once, in `update_teacher`, as if the step's batch had been one.
+`global_step`, once per optimizer step (`set_teacher_temperature`, `cancel_last_layer_gradients`,
+`update_teacher(momentum)`). Why once per optimizer step, and how a resumed run continues exactly:
+`docs/architecture.md` (*The DINO family*).
 """
 
 from __future__ import annotations

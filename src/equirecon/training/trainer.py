@@ -13,8 +13,8 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..imaging.transformations import TransformationConfig, TransformedPair, make_transformed_pair
-from ..modeling.modeling_equirecon import masked_mse
+from ..imaging.transformations import TransformationConfig, TransformedPair
+from ..modeling.decoders import counted_target_mask
 from ..modeling.pretraining_inputs import reconstructed_pairs
 from ..process_group import LeaveProcessGroupAtExit
 from .arguments import EquiReconTrainingArguments
@@ -27,10 +27,10 @@ from .controls import (
     blend_losses,
     blend_statistics,
     box_blur,
-    copy_answers,
+    copy_losses,
     cross_fitted_coefficients,
 )
-from .data import SKIPPED_IMAGES_KEY
+from .data import SKIPPED_IMAGES_KEY, batch_transformed_pair
 from .progress import TrainingTimeCallback
 from .teacher import TeacherCallback
 
@@ -57,11 +57,10 @@ class NonFiniteLossError(RuntimeError):
 
 
 def check_config_agrees(training_args: EquiReconTrainingArguments, config: Any) -> None:
-    """The model config owns λ, K and the SSL weight; training arguments that set them must agree with it (the
-    `equirecon pretrain` command applies them to the config before it builds the model)."""
-    for name in ("num_intermediates", "reconstruction_weight", "ssl_weight"):
-        requested = getattr(training_args, name)
-        if requested is not None and requested != getattr(config, name):
+    """The model config owns λ, K and the SSL weight; training arguments that set them (`MODEL_CONFIG_FLAGS`) must
+    agree with it (the `equirecon pretrain` command builds the model with them)."""
+    for name, requested in training_args.model_config_overrides().items():
+        if requested != getattr(config, name):
             hint = " (one decoder per intermediate target)" if name == "num_intermediates" else ""
             raise ValueError(
                 f"--{name} {requested} does not match the model's {name} {getattr(config, name)}{hint}; the model "
@@ -176,8 +175,7 @@ class EquiReconTrainer(Trainer):
             if phase == "eval":
                 first_view = inputs["pixel_values"]
                 targets = pair.targets
-                for name, answer in copy_answers(first_view, pair.transformed).items():
-                    components[name] = masked_mse(answer.unsqueeze(1).expand_as(targets), targets, masks)
+                components.update(copy_losses(first_view, pair.transformed, targets, masks))
                 controls = list(COPY_BASELINES)
                 if self._blend_coefficients is not None:
                     halves = self._next_halves(len(first_view), first_view.device)
@@ -187,7 +185,7 @@ class EquiReconTrainer(Trainer):
                     components.update(blends)
                     controls += list(blends)
                 weights.update(dict.fromkeys(controls, counts))
-                components[UNPAIRED_CONTROL] = self._unpaired_reconstruction_loss(model, outputs, pair, masks)
+                components[UNPAIRED_CONTROL] = self._unpaired_reconstruction_loss(model, outputs, pair)
                 has_other_pair = torch.tensor(float(len(masks) > 1), device=masks.device)
                 weights[UNPAIRED_CONTROL] = has_other_pair * (1.0 if counts is None else counts)
         self._record_components(phase, components, weights)
@@ -195,14 +193,8 @@ class EquiReconTrainer(Trainer):
 
     def _transformed_pair(self, inputs: dict[str, torch.Tensor]) -> TransformedPair:
         """v2 and the K targets with their masks, made on the device from the batch's u and θ."""
-        return make_transformed_pair(
-            inputs["base_pixel_values"],
-            inputs["transform_params"],
-            self.transformation,
-            self.model.config.num_intermediates,
-            image_mean=self.image_mean,
-            image_std=self.image_std,
-            output_size=inputs["pixel_values"].shape[-1],  # u may carry a context margin around the view
+        return batch_transformed_pair(
+            inputs, self.transformation, self.model.config.num_intermediates, self.image_mean, self.image_std
         )
 
     @staticmethod
@@ -211,12 +203,10 @@ class EquiReconTrainer(Trainer):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The target masks the controls score, and whether the batch counts (None: it does). The model leaves masked
         pairs (iBOT, DINOv2) out of the reconstruction loss and returns the pairs it counted (`reconstructed_pairs`,
-        None: all); the controls score the same pairs, and a batch without any must not count as a loss of 0."""
-        masks = pair.target_masks
-        if counted_pairs is None:
-            return masks, None
-        masks = masks * counted_pairs.to(masks.dtype).view(-1, *([1] * (masks.ndim - 1)))
-        return masks, counted_pairs.any().float()
+        None: all); the controls score the same pixels (the model's `counted_target_mask`), and a batch without any
+        pair must not count as a loss of 0."""
+        masks = counted_target_mask(pair.target_masks, counted_pairs)
+        return masks, None if counted_pairs is None else counted_pairs.any().float()
 
     def _next_halves(self, batch_size: int, device: torch.device) -> torch.Tensor:
         """Which half of the evaluation pairs each pair of the next batch belongs to: alternate positions in the
@@ -255,9 +245,9 @@ class EquiReconTrainer(Trainer):
             coefficients[name] = cross_fitted_coefficients(gram, moments)
         return coefficients
 
-    def _unpaired_reconstruction_loss(
-        self, model: nn.Module, outputs: Any, pair: Any, masks: torch.Tensor
-    ) -> torch.Tensor:
+    def _unpaired_reconstruction_loss(self, model: nn.Module, outputs: Any, pair: TransformedPair) -> torch.Tensor:
+        """The model's reconstruction loss on the same targets and pairs when each pair's first view is replaced by
+        the next pair's (`UNPAIRED_CONTROL`)."""
         equivariant = outputs.equivariant_embeds
         unpaired = torch.stack([equivariant[0].roll(1, dims=0), equivariant[1]])
         patch_size = self.model.config.patch_size
@@ -269,7 +259,7 @@ class EquiReconTrainer(Trainer):
             # FSDP2 may hold the decoders sharded outside a forward: gather them around this call as around one.
             register_fsdp_forward_method(model, "reconstruct")
         reconstructions = model.reconstruct(unpaired, grid_size)
-        return masked_mse(reconstructions, pair.targets, masks)
+        return model.reconstruction_loss(reconstructions, pair.targets, pair.target_masks, outputs.reconstructed_pairs)
 
     def _record_components(
         self,

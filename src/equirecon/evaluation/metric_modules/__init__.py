@@ -1,9 +1,9 @@
 """``evaluate`` metric modules shipped inside the package, for loading by path (offline, no Hub).
 
 Loading a metric by its Hub name (``evaluate.load(<name>)``) fetches a script from the Hub and fails offline;
-``evaluate.load(<directory>)`` with a local ``<name>/<name>.py`` does not. The scripts here are thin ``evaluate.Metric`` wrappers around
-:mod:`equirecon.evaluation.metrics` and :mod:`equirecon.evaluation.segmentation`, so both routes give the same
-numbers.
+``evaluate.load(<directory>)`` with a local ``<name>/<name>.py`` does not. The scripts here are thin
+``evaluate.Metric`` wrappers around :mod:`equirecon.evaluation.metrics` and
+:mod:`equirecon.evaluation.segmentation_metrics`, so both routes give the same numbers.
 
 Example:
     >>> from equirecon.evaluation.metric_modules import load_metric

@@ -1,15 +1,16 @@
 """Mean intersection-over-union as an ``evaluate`` module, shipped with equirecon and loaded by path.
 
 Same arguments and output keys as the ``mean_iou`` module of the ``evaluate`` library; computed from a confusion
-matrix by ``equirecon.evaluation.segmentation.mean_iou``. For evaluation loops that should not hold every label
-map in memory, use ``equirecon.evaluation.segmentation.ConfusionMatrix`` (streaming, on the device) instead.
+matrix by ``equirecon.evaluation.segmentation_metrics.mean_iou``. For evaluation loops that should not hold every
+label map in memory, use ``equirecon.evaluation.segmentation_metrics.ConfusionMatrix`` (streaming, on the device)
+instead.
 """
 
 import datasets
 import evaluate
 import numpy as np
 
-from equirecon.evaluation.segmentation import mean_iou
+from equirecon.evaluation.segmentation_metrics import mean_iou
 
 _DESCRIPTION = """
 IoU is the area of overlap between the predicted segmentation and the ground truth divided by the area of union

@@ -1,20 +1,19 @@
-"""The DINO family (DINO, iBOT, DINOv2): losses against their definitions, the EMA teacher in training (gradients,
-EMA, accumulation, resume), block masking, and saving/exporting."""
+"""The EMA teacher of the DINO family: centring, Sinkhorn-Knopp and the schedules against their definitions, and the
+teacher in training (gradients, EMA, accumulation, resume), saving, exporting and under DDP."""
 
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from dino_helpers import pretraining_batch
 from distributed_helpers import run_two_processes
 from model_helpers import tiny_config
-from trainer_helpers import TRANSFORMATION, StopAt, dino_config, dino_trainer, pair_stream
+from trainer_helpers import StopAt, dino_config, dino_trainer
 from transformers import TrainerCallback, set_seed
 
 from equirecon import EquiReconForPreTraining, EquiReconModel
-from equirecon.modeling.objectives import dino_cls_loss, koleo_loss, masked_patch_loss
 from equirecon.modeling.teacher import (
     TeacherCentering,
     TeacherSchedules,
@@ -23,54 +22,8 @@ from equirecon.modeling.teacher import (
     teacher_momentum_schedule,
     teacher_temperature_schedule,
 )
-from equirecon.training.data import collate_transform_pairs
-from equirecon.training.masking import BlockMaskGenerator
 
-
-def batch(batch_size=4, masked=False, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    inputs = {
-        "pixel_values": torch.randn(batch_size, 3, 32, 32, generator=generator),
-        "transformed_pixel_values": torch.randn(batch_size, 3, 32, 32, generator=generator),
-        "intermediate_pixel_values": torch.randn(batch_size, 2, 3, 32, 32, generator=generator),
-    }
-    if masked:
-        masks = torch.zeros(batch_size, 2, 16, dtype=torch.bool)
-        masks[: batch_size // 2, :, :6] = True  # half the pairs masked, both views
-        inputs["bool_masked_pos"] = masks
-    return inputs
-
-
-# ---------------------------------------------------------------------------------------------- losses
-
-
-def test_dino_loss_equals_its_formula_on_a_hand_computed_example():
-    # One image, two views, two prototypes; student temperature 0.1 divides the student scores.
-    student = torch.tensor([[[0.0, 0.0]], [[0.1 * math.log(3.0), 0.0]]])  # softmax(s/0.1): [½, ½] and [¾, ¼]
-    teacher = torch.tensor([[[1.0, 0.0]], [[0.5, 0.5]]])
-    # Pairs (teacher view 0, student view 1): −ln ¾; (teacher view 1, student view 0): −(½ ln ½ + ½ ln ½) = ln 2.
-    expected = (-math.log(0.75) + math.log(2.0)) / 2
-    assert dino_cls_loss(student, teacher, student_temperature=0.1).item() == pytest.approx(expected, rel=1e-6)
-
-
-def test_masked_patch_loss_averages_per_image_then_over_all_images():
-    masks = torch.tensor([[[True, True, False], [False, False, False]]])  # (views=1, images=2, patches=3)
-    student = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])  # the two masked tokens, temperature 1
-    teacher = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    # Image 0: mean of −ln ½ and −ln ¾; image 1 has no masked token and counts 0; mean over the 2 images.
-    expected = (math.log(2.0) - math.log(0.75)) / 2 / 2
-    assert masked_patch_loss(student, teacher, masks, 1.0).item() == pytest.approx(expected, rel=1e-6)
-
-
-def test_koleo_matches_a_direct_computation():
-    embeddings = torch.randn(12, 5, generator=torch.Generator().manual_seed(1))
-    normalised = embeddings / embeddings.norm(dim=1, keepdim=True)
-    distances = torch.cdist(normalised.double(), normalised.double())
-    distances.fill_diagonal_(float("inf"))
-    expected = -torch.log(distances.min(dim=1).values + 1e-8).mean()
-    assert koleo_loss(embeddings).item() == pytest.approx(expected.item(), rel=1e-5)
-    # Spreading the points apart lowers it.
-    assert koleo_loss(torch.eye(12)) < koleo_loss(embeddings)
+# ---------------------------------------------------------------------------------------------- centres and schedules
 
 
 def test_centering_follows_its_definition():
@@ -105,11 +58,11 @@ def test_centres_collect_in_training_only_and_move_with_the_teacher_update():
     center = model.ssl_objective.cls_centering.center
     model.eval()
     with torch.no_grad():
-        model(**batch())
+        model(**pretraining_batch())
     model.update_teacher(model.config.teacher_momentum)
     assert torch.count_nonzero(center) == 0
     model.train()
-    model(**batch())
+    model(**pretraining_batch())
     assert torch.count_nonzero(center) == 0  # collected, not applied: every micro-batch of a step sees one centre
     model.update_teacher(model.config.teacher_momentum)
     assert torch.count_nonzero(center) > 0
@@ -121,7 +74,7 @@ def test_gradient_accumulation_centres_as_one_batch(tmp_path):
     whole = EquiReconForPreTraining(dino_config("ibot"))
     micro = EquiReconForPreTraining(dino_config("ibot"))
     micro.load_state_dict(whole.state_dict())
-    inputs = batch(masked=True)
+    inputs = pretraining_batch(masked=True)
     with torch.no_grad():
         whole(**inputs)
         for half in (slice(0, 2), slice(2, 4)):
@@ -216,140 +169,6 @@ def test_the_objective_uses_the_scheduled_teacher_temperature():
     assert schedules.freezes_last_layer(0) and not schedules.freezes_last_layer(1)  # 0.01 of 10 steps: one step
 
 
-@pytest.mark.parametrize("objective", ["dino", "ibot", "dinov2"])
-def test_the_model_loss_is_the_objective_formula(objective):
-    # Rebuild the loss from the student's and teacher's features with the functions above.
-    set_seed(0)
-    model = EquiReconForPreTraining(dino_config(objective, reconstruction_weight=0.0)).eval()
-    inputs = batch(masked=objective != "dino")
-    out = model(**inputs)
-    views = torch.cat([inputs["pixel_values"], inputs["transformed_pixel_values"]])
-    masks = inputs.get("bool_masked_pos")
-    with torch.no_grad():
-        student_masks = masks.transpose(0, 1).flatten(0, 1) if masks is not None else None
-        student = model.equirecon(views, bool_masked_pos=student_masks).invariant_embeds.unflatten(0, (2, 4))
-        teacher = model.teacher.equirecon(views).invariant_embeds.unflatten(0, (2, 4))
-        heads = model.ssl_objective.heads
-        temperature = model.ssl_objective.teacher_temperature()
-        teacher_probs = F.softmax(heads.cls(teacher[:, :, 0]) / temperature, dim=-1)  # centre still 0
-        expected = dino_cls_loss(heads.cls(student[:, :, 0]), teacher_probs, 0.1)
-        if objective == "dinov2":
-            expected = expected + 0.1 * (koleo_loss(student[0, :, 0]) + koleo_loss(student[1, :, 0]))
-        if objective != "dino":
-            view_masks = masks.transpose(0, 1)
-            patch_probs = F.softmax(heads.cls(teacher[:, :, 1:][view_masks]) / temperature, dim=-1)
-            expected = expected + masked_patch_loss(
-                heads.cls(student[:, :, 1:][view_masks]), patch_probs, view_masks, 0.1
-            )
-    assert out.ssl_loss.item() == pytest.approx(expected.item(), rel=1e-5)
-
-
-def test_a_separate_patch_head_and_sinkhorn_knopp_train():
-    model = EquiReconForPreTraining(dino_config("dinov2", ibot_separate_head=True, dino_centering="sinkhorn_knopp"))
-    assert model.ssl_objective.heads.patch is not None and model.teacher.heads.patch is not None
-    out = model(**batch(masked=True))
-    out.loss.backward()
-    assert model.ssl_objective.heads.patch.mlp[0].weight.grad is not None
-    model.update_teacher(model.config.teacher_momentum)
-    for centering in (model.ssl_objective.cls_centering, model.ssl_objective.patch_centering):
-        assert torch.count_nonzero(centering.center) == 0  # no EMA centre with Sinkhorn-Knopp
-        assert centering._pending is None
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-
-
-def test_masked_objectives_refuse_a_batch_without_masks_and_dino_refuses_masks():
-    with pytest.raises(ValueError, match="ssl_objective 'ibot' distils masked patch tokens: pass `bool_masked_pos`"):
-        EquiReconForPreTraining(dino_config("ibot"))(**batch())
-    with pytest.raises(ValueError, match="ssl_objective 'dino' does not mask patch tokens"):
-        EquiReconForPreTraining(dino_config("dino"))(**batch(masked=True))
-    bad = batch(masked=True)
-    bad["bool_masked_pos"] = bad["bool_masked_pos"][:, 0]
-    with pytest.raises(ValueError, match=r"`bool_masked_pos` has shape \(4, 16\), expected \(4, 2, 16\)"):
-        EquiReconForPreTraining(dino_config("ibot"))(**bad)
-
-
-def test_masked_pairs_are_left_out_of_the_reconstruction_loss():
-    model = EquiReconForPreTraining(dino_config("ibot")).eval()
-    inputs = batch(masked=True)  # pairs 0 and 1 masked
-    with torch.no_grad():
-        out = model(**inputs, output_reconstructions=True)
-        unmasked_only = F.mse_loss(out.reconstructions[2:], inputs["intermediate_pixel_values"][2:])
-    assert out.reconstruction_loss.item() == pytest.approx(unmasked_only.item(), rel=1e-5)
-
-
-def test_block_masks_stay_in_range_and_mask_pairs_together():
-    generator = BlockMaskGenerator(14, ratio_range=(0.1, 0.5), probability=0.5)
-    rng = np.random.default_rng(0)
-    masks = np.stack([generator(rng) for _ in range(400)])  # (pairs, 2, 196)
-    counts = masks.sum(axis=-1)
-    masked_pairs = counts.sum(axis=1) > 0
-    assert 0.4 < masked_pairs.mean() < 0.6
-    assert (counts[masked_pairs] > 0).all()  # both views of a masked pair are masked
-    assert (counts[~masked_pairs] == 0).all()
-    ratios = counts[masked_pairs] / 196
-    assert ratios.max() <= 0.5 and ratios.min() >= 0.05
-    assert 0.2 < ratios.mean() < 0.35
-    # Blocks, not scattered patches: most masked patches have a masked neighbour.
-    grid = masks[masked_pairs][:, 0].reshape(-1, 14, 14)
-    neighbour = np.zeros_like(grid)
-    neighbour[:, 1:] |= grid[:, :-1]
-    neighbour[:, :-1] |= grid[:, 1:]
-    assert (neighbour & grid).sum() / grid.sum() > 0.8
-    with pytest.raises(ValueError, match="ratio_range"):
-        BlockMaskGenerator(14, ratio_range=(0.5, 0.1))
-
-
-def test_the_pair_stream_carries_masks_of_the_configured_grid():
-    config = dino_config("ibot")
-    generator = BlockMaskGenerator.from_config(config)
-    assert (generator.grid_size, generator.ratio_range, generator.probability) == (4, (0.1, 0.5), 0.5)
-    examples = list(pair_stream(mask_generator=generator).take(6))
-    collated = collate_transform_pairs(examples)
-    assert collated["bool_masked_pos"].shape == (6, 2, 16) and collated["bool_masked_pos"].dtype == torch.bool
-
-
-# ---------------------------------------------------------------------------------------------- multi-crop
-
-
-def test_local_crops_join_the_cls_distillation_through_the_student_only():
-    model = EquiReconForPreTraining(dino_config("dino")).eval()
-    inputs = batch()
-    local = torch.randn(4, 3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
-    seen_by_teacher = []
-    model.teacher.equirecon.register_forward_hook(lambda module, args, output: seen_by_teacher.append(args[0].shape))
-    with torch.no_grad():
-        out = model(**inputs, local_pixel_values=local)
-        views = torch.cat([inputs["pixel_values"], inputs["transformed_pixel_values"]])
-        student = model.equirecon(views).invariant_embeds[:, 0].unflatten(0, (2, 4))
-        local_cls = model.equirecon(local.flatten(0, 1)).invariant_embeds[:, 0].unflatten(0, (4, 3)).transpose(0, 1)
-        teacher = model.teacher.equirecon(views).invariant_embeds[:, 0].unflatten(0, (2, 4))
-        heads, temperature = model.ssl_objective.heads, model.ssl_objective.teacher_temperature()
-        teacher_probs = F.softmax(heads.cls(teacher) / temperature, dim=-1)
-        expected = dino_cls_loss(heads.cls(torch.cat([student, local_cls])), teacher_probs, 0.1)  # 5 views, 2 global
-        without = model(**inputs)
-    assert out.ssl_loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert seen_by_teacher[0] == (8, 3, 32, 32)  # the global views only
-    assert out.reconstruction_loss.item() == pytest.approx(without.reconstruction_loss.item())
-    with pytest.raises(ValueError, match="needs a DINO-family ssl_objective, got 'vicreg'"):
-        EquiReconForPreTraining(tiny_config())(**inputs, local_pixel_values=local)
-    with pytest.raises(ValueError, match=r"`local_pixel_values` has shape \(4, 3, 16, 16\)"):
-        model(**inputs, local_pixel_values=local[:, 0])
-
-
-def test_the_pair_stream_carries_local_crops():
-    from equirecon.training.views import TransformPairMaker
-
-    maker = TransformPairMaker(TRANSFORMATION, size=32, seed=0, rank=0, num_local_crops=3, local_size=16)
-    example = maker(np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8))
-    crops = example["local_pixel_values"]
-    assert crops.shape == (3, 3, 16, 16) and example["pixel_values"].shape == (3, 32, 32)
-    assert not torch.allclose(crops[0], crops[1])
-    collated = collate_transform_pairs([example, example])
-    assert collated["local_pixel_values"].shape == (2, 3, 3, 16, 16)
-
-
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -421,7 +240,7 @@ def test_the_teacher_is_the_ema_of_the_student_once_per_optimizer_step(tmp_path,
 
 def test_the_last_layers_are_frozen_at_the_start(tmp_path):
     model = EquiReconForPreTraining(dino_config(dino_freeze_last_layer_steps=2, dino_norm_last_layer=False))
-    model(**batch()).loss.backward()
+    model(**pretraining_batch()).loss.backward()
     last = model.ssl_objective.heads.cls.last_layer
     assert last.weight.grad is not None and last.weight_g.grad is not None
     schedules = TeacherSchedules.from_config(model.config, total_steps=10)
@@ -469,7 +288,7 @@ def _trained_model(objective="ibot"):
     model = EquiReconForPreTraining(dino_config(objective, teacher_momentum=0.5))
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     for step in range(2):
-        model(**batch(masked=objective != "dino", seed=step)).loss.backward()
+        model(**pretraining_batch(masked=objective != "dino", seed=step)).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         model.update_teacher(teacher_momentum_schedule(step, 10, 0.5))
@@ -479,7 +298,7 @@ def _trained_model(objective="ibot"):
 def test_a_fresh_teacher_starts_as_a_copy_of_the_student():
     model = EquiReconForPreTraining(dino_config())
     assert not model.teacher.initialized
-    model(**batch())
+    model(**pretraining_batch())
     assert model.teacher.initialized
     student = model.equirecon.state_dict()
     for name, value in model.teacher.equirecon.state_dict().items():
@@ -497,7 +316,9 @@ def test_save_and_load_round_trip_keeps_student_teacher_and_centres(tmp_path):
     assert not any(p.requires_grad for p in loaded.teacher.parameters())
     assert torch.count_nonzero(loaded.ssl_objective.patch_centering.center) > 0
     with torch.no_grad():
-        assert loaded(**batch(masked=True)).loss.item() == pytest.approx(model(**batch(masked=True)).loss.item())
+        assert loaded(**pretraining_batch(masked=True)).loss.item() == pytest.approx(
+            model(**pretraining_batch(masked=True)).loss.item()
+        )
     # The encoder loaded from the pretraining directory is the student's.
     encoder = EquiReconModel.from_pretrained(tmp_path)
     for name, value in encoder.state_dict().items():
@@ -508,7 +329,7 @@ def test_export_teacher_gives_the_teacher_as_an_equirecon_model(tmp_path):
     model = _trained_model("dino").eval()
     teacher = model.export_teacher()
     assert isinstance(teacher, EquiReconModel) and not teacher.training
-    pixels = batch()["pixel_values"]
+    pixels = pretraining_batch()["pixel_values"]
     with torch.no_grad():
         expected = model.teacher.equirecon(pixels).invariant_embeds
         assert torch.equal(teacher(pixels).invariant_embeds, expected)
@@ -536,7 +357,7 @@ def test_two_processes_keep_one_teacher_without_syncing_its_gradients(tmp_path):
 def test_pretrain_command_trains_an_ibot_host_and_saves_the_student(tmp_path):
     from transformers import AutoModel, AutoModelForPreTraining
 
-    from equirecon.cli import main as cli_main
+    from equirecon.commands import main as cli_main
 
     arguments = ["pretrain", "--output_dir", str(tmp_path), "--preset", "tiny-ibot", "--max_steps", "2"]
     arguments += ["--per_device_train_batch_size", "4", "--logging_steps", "1", "--max_eval_samples", "4"]

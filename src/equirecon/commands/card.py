@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from ..command_line import ArgumentError, format_help, parse_dataclass_arguments, pop_config_file, run_command
+from ..argument_checks import ArgumentError
 from ..model_card import write_model_card
+from .parsing import format_help, parse_dataclass_arguments, pop_config_file
+from .runner import run_command
 
 __all__ = ["ModelCardArguments", "main", "parse_arguments"]
 
@@ -32,7 +34,7 @@ class ModelCardArguments:
 
 
 def parse_arguments(argv: list[str]) -> tuple[ModelCardArguments]:
-    """``[DIR] [--config FILE] [flags]``; the old ``--model-name``/``--repo-id`` spellings still parse."""
+    """``[DIR] [--config FILE] [flags]``: the directory may be given positionally or as ``--model_dir``."""
     argv = list(argv)
     parser = HfArgumentParser(ModelCardArguments)
     if "-h" in argv or "--help" in argv:

@@ -1,5 +1,6 @@
 """Every command: one-line errors (exit 2) before anything is loaded or written, the output-directory rules, Ctrl-C
-(exit 130, resumable), a plain image folder without a validation split, and help that puts the command first."""
+(exit 130, resumable), a plain image folder without a validation split, help that puts the command first, and
+`python -m equirecon`."""
 
 import json
 import os
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 from trainer_helpers import FAST_PRETRAIN
 
-from equirecon.cli import main as cli_main
+from equirecon.commands import main as cli_main
 
 
 def _run(argv, capsys):
@@ -85,12 +86,16 @@ def test_a_plain_image_folder_without_validation_split_trains_and_writes_its_car
     output = tmp_path / "out"
     (output / "checkpoint-100").mkdir(parents=True)  # an earlier run's leftovers, replaced on request
     (output / "equivariance_results.json").write_text(json.dumps({"r2": {"rotation": 0.9}}))
+    (output / "reconstructions.png").write_bytes(b"an earlier run's picture")
     argv = ["pretrain", "--dataset", folder, "--output_dir", output, "--overwrite_output_dir", "True"]
     status, err = _run([*argv, *FAST_PRETRAIN], capsys)
     assert status == 0, err
     card = (output / "README.md").read_text()
     assert "2 optimizer steps" in card and "Not evaluated" in card
     assert not (output / "equivariance_results.json").exists()  # nothing of the earlier run in this card
+    assert "No reconstruction picture: it is drawn from held-out pairs" in card
+    assert "](reconstructions.png)" not in card and not (output / "reconstructions.png").exists()
+    assert "![Loss curves](loss_curves.png)" in card and (output / "loss_curves.png").is_file()
     assert not list(output.glob("checkpoint-*"))  # a finished run keeps the model, not the optimizer state
     run = json.loads((output / "equirecon_run.json").read_text())
     assert run["data_arguments"]["validation_split"] is None
@@ -100,7 +105,7 @@ def test_ctrl_c_exits_130_with_the_resume_command_and_the_run_resumes(tmp_path):
     output = tmp_path / "out"
     argv = ["pretrain", "--output_dir", str(output), "--max_steps", "500", "--save_steps", "1"]
     argv += ["--per_device_train_batch_size", "2", "--equivariance_benchmark", "False", "--max_eval_samples", "4"]
-    code = "import sys; from equirecon.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from equirecon.commands import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [sys.executable, "-c", code, *argv],
@@ -142,6 +147,16 @@ def test_help_puts_the_command_first_and_the_console_script_stays_light(tmp_path
     assert "--config RECIPE" in text and "`last`" in text and "example:" in text
     assert text.index("--preset") < text.index("Trainer options") < text.index("--adam_beta1")
     script = tmp_path / "equirecon"  # what the console script does
-    script.write_text("import sys\nfrom equirecon.cli import main\nmain(['--help'])\nprint('torch' in sys.modules)\n")
+    script.write_text(
+        "import sys\nfrom equirecon.commands import main\nmain(['--help'])\nprint('torch' in sys.modules)\n"
+    )
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip().endswith("False"), result.stdout + result.stderr
+
+
+def test_python_dash_m_equirecon_runs_the_same_commands():
+    # `accelerate launch -m equirecon pretrain ...` and `torchrun -m equirecon ...` (recipes/README.md) run this.
+    command = [sys.executable, "-m", "equirecon", "model-card", "--help"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("usage: equirecon model-card DIR")
