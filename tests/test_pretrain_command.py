@@ -89,6 +89,22 @@ def test_closing_evaluation_reports_read_outs_next_to_their_controls(pretrained_
     assert ("their error rises by" in card) == (unpaired > metrics["eval_reconstruction_loss"])
 
 
+def test_evaluate_gives_the_model_the_r2_of_its_card(pretrained_run, tmp_path):
+    """One protocol: `equirecon evaluate equivariance` on the run directory, with the run's crops and epochs, gives
+    the R² the closing benchmark wrote (on the CPU, the same figures)."""
+    closing = json.loads((pretrained_run / "equivariance_results.json").read_text())
+    output = tmp_path / "evaluate.json"
+    arguments = ["--num_crops", "48", "--epochs", "2", "--reference", "none", "--no_progress", "--no_plot"]
+    assert (
+        cli_main(["evaluate", "equivariance", "--model", str(pretrained_run), *arguments, "--output", str(output)])
+        == 0
+    )
+    evaluated = json.loads(output.read_text())
+    assert evaluated["settings"]["num_crops"] == closing["settings"]["num_crops"] == 48
+    assert evaluated["r2"] == pytest.approx(closing["r2"], abs=1e-6)
+    assert evaluated["shuffled_r2"] == pytest.approx(closing["shuffled_r2"], abs=1e-6)
+
+
 def test_model_card_shows_the_reconstructions_and_the_loss_curves(pretrained_run):
     card = build_model_card(pretrained_run).text
     assert "![Reconstructions of held-out pairs](reconstructions.png)" in card
