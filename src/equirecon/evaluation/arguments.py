@@ -102,7 +102,7 @@ class EquivarianceArguments:
             "choices": ("auto", *FEATURE_KINDS),
         },
     )
-    num_crops: int = field(default=2048, metadata={"help": "Crops (each with its own θ), drawn over the photos."})
+    num_crops: int = field(default=4096, metadata={"help": "Crops (each with its own θ), drawn over the photos."})
     folds: int = field(
         default=5, metadata={"help": "Cross-validation folds (with --test_split: 1/folds stops the fit)."}
     )

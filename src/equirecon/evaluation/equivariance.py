@@ -188,7 +188,7 @@ def run_equivariance_benchmark(
     *,
     families: Sequence[str | TransformationConfig] | Mapping[str, TransformationConfig] = DEFAULT_FAMILIES,
     feature: str = "auto",
-    num_crops: int = 2048,
+    num_crops: int = 4096,
     folds: int = 5,
     scored_folds: int | None = None,
     group_by: Literal["photo", "crop"] = "crop",
