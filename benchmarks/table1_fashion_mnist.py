@@ -82,6 +82,8 @@ CONTROLS = {
 }
 #: The precondition (host against random) and the effect (K = 2 against its host) rest on these.
 CORE_ROWS = (RANDOM_INIT, "host (rot in views)", "Ours K=2")
+#: The family a row's g belongs to, where it is not rotation (its paired difference is reported for both).
+OWN_FAMILY = {"Ours (b/c) K=2": "color", "host (b/c in views)": "color"}
 #: Rows with no reconstruction: their equivariant read-out is a projection nothing trained.
 HOST_ROWS = ("host (rot in views)", "host (b/c in views)")
 
@@ -224,17 +226,18 @@ def report(output_dir: Path, rows: list[str], seeds: list[int]) -> str:
             probes = [mean_std([100 * r[p] for r in runs if p in r]) for p in ("knn", "linear")]
             lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells + probes) + " |")
         lines.append("")
-    lines += ["Paired differences (same seed), R² rot; per seed in brackets:", ""]
+    lines += ["Paired differences (same seed), R² of rotation and of the row's own g; per seed in brackets:", ""]
     pairs = [(row, control) for row, control in CONTROLS.items() if row in rows and control in rows]
     pairs += [("host (rot in views)", RANDOM_INIT), ("Ours K=2", "Ours K=1")]
     for feature in ("mean_patch", "cls"):
         for row, control in pairs:
             common = sorted(set(results.get(row, {})) & set(results.get(control, {})))
-            deltas = [results[row][s][feature]["rotation"] - results[control][s][feature]["rotation"] for s in common]
-            deltas = [d for d in deltas if np.isfinite(d)]
-            if deltas:
-                per_seed = ", ".join(f"{d:+.3f}" for d in deltas)
-                lines.append(f"- {feature}: {row} − {control}: {mean_std(deltas)} [{per_seed}]")
+            for family in dict.fromkeys(("rotation", OWN_FAMILY.get(row, "rotation"))):
+                deltas = [results[row][s][feature][family] - results[control][s][feature][family] for s in common]
+                deltas = [d for d in deltas if np.isfinite(d)]
+                if deltas:
+                    per_seed = ", ".join(f"{d:+.3f}" for d in deltas)
+                    lines.append(f"- {feature}, R² {family}: {row} − {control}: {mean_std(deltas)} [{per_seed}]")
     return "\n".join(lines)
 
 

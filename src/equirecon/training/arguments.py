@@ -41,7 +41,9 @@ class ModelArguments:
     config_overrides: str | None = field(
         default=None,
         metadata={
-            "help": "Comma-separated EquiReconConfig fields, e.g. 'd_patch=512,d_equi=256,ssl_objective=simclr'."
+            "help": "Comma-separated EquiReconConfig or encoder fields, e.g. 'd_patch=512,d_equi=256,ssl_objective="
+            "simclr' (d_patch: width of the per-token head, not a patch size; d_equi: its last channels, the "
+            "equivariant part)."
         },
     )
     image_size: int | None = field(
