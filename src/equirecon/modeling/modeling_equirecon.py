@@ -509,7 +509,8 @@ class EquiReconForImageClassification(EquiReconDownstreamModel):
     DINOv2 linear-evaluation recipe (as `Dinov2ForImageClassification`)."""
 
     _output_class = ImageClassifierOutput
-    _keys_to_ignore_on_load_missing = [r"^feature_norm\."]  # older checkpoints: the identity statistics
+    # A pretraining or another encoder's checkpoint has no feature statistics: they start as the identity.
+    _keys_to_ignore_on_load_missing = [r"^feature_norm\."]
 
     def __init__(self, config: EquiReconConfig):
         super().__init__(config)
