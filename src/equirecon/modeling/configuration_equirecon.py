@@ -151,7 +151,8 @@ class EquiReconConfig(EquiReconConfigValidationMixin, BackboneConfigMixin, Pretr
         decoder_dilation (`int`, *optional*, defaults to 1):
             Dilation of the decoder's four convolutions. With `decoder_kernel_size`, the decoders' reach: each token
             writes its own patch; the convolutions reach (kernel_size-1)*dilation/2 pixels per layer beyond it
-            (4 pixels in all with the defaults).
+            (4 pixels in all with the defaults). The short default reach is deliberate: decoders that reach far
+            can undo g themselves, and then the encoder keeps less of it (`docs/results.md`, "Decoder reach").
         transformation (`dict`, *optional*):
             The transformation family g and its ranges used in pretraining (see
             `equirecon.training.TransformationConfig`); recorded so evaluation and model cards know it.
