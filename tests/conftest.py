@@ -21,3 +21,16 @@ def tiny_equirecon_config():
     from model_helpers import tiny_config
 
     return tiny_config()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A saved, untrained tiny pretraining model (seed 0), one per test module that asks for it."""
+    from model_helpers import tiny_config
+
+    from equirecon import EquiReconForPreTraining
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("pretrained")
+    EquiReconForPreTraining(tiny_config()).save_pretrained(path)
+    return path

@@ -10,12 +10,10 @@ import torch
 import torch.nn.functional as F
 from distributed_helpers import run_two_processes
 from huggingface_hub import ModelCard
-from model_helpers import tiny_config
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation, pipeline
 
-from equirecon import EquiReconForPreTraining
 from equirecon.commands import main as cli_main
 from equirecon.commands.finetune import main, parse_arguments
 from equirecon.evaluation.loading import InputSpec
@@ -32,14 +30,6 @@ SHAPE_NAMES = {**dict(enumerate(fs.SHAPE_CLASSES)), 4: "star"}  # "star" never o
 def _run(argv, capsys):
     status = main([str(a) for a in argv])
     return status, capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("pretrained")
-    EquiReconForPreTraining(tiny_config()).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from model_helpers import tiny_config
 from transformers import ViTConfig, ViTForImageClassification
 
-from equirecon import EquiReconForImageClassification, EquiReconForPreTraining
+from equirecon import EquiReconForImageClassification
 from equirecon.commands.finetune import main
 from equirecon.finetuning import data as dd
 from equirecon.finetuning.head_init import initialise_linear_head
@@ -64,14 +64,6 @@ def test_a_head_without_a_normalisation_layer_gets_the_standardisation_folded_in
 def test_a_model_without_a_linear_head_is_left_as_it_is():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     assert initialise_linear_head(model, _digit_batches(num_images=40), num_labels=10) is None
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("pretrained")
-    EquiReconForPreTraining(tiny_config()).save_pretrained(path)
-    return path
 
 
 def _frozen_run(checkpoint, output, *extra):
