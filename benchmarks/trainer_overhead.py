@@ -33,14 +33,14 @@ from transformers import PrinterCallback, TrainerCallback, get_cosine_schedule_w
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from equirecon import EquiReconConfig, EquiReconForPreTraining  # noqa: E402
-from equirecon.imaging.transformations import TransformationConfig, make_transformed_pair  # noqa: E402
+from equirecon.imaging.transformations import TransformationConfig  # noqa: E402
 from equirecon.modeling.teacher import TeacherSchedules  # noqa: E402
 from equirecon.training.arguments import (  # noqa: E402
     DataArguments,
     EquiReconTrainingArguments,
     default_dataloader_workers,
 )
-from equirecon.training.data import collate_transform_pairs  # noqa: E402
+from equirecon.training.data import batch_transformed_pair, collate_transform_pairs  # noqa: E402
 from equirecon.training.masking import BlockMaskGenerator  # noqa: E402
 from equirecon.training.pretrain import build_datasets  # noqa: E402
 from equirecon.training.trainer import EquiReconTrainer  # noqa: E402
@@ -175,15 +175,7 @@ def time_plain_loop(args: argparse.Namespace, examples: list[dict[str, torch.Ten
         batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
         if schedules is not None:
             model.set_teacher_temperature(schedules.temperature(step))
-        pair = make_transformed_pair(
-            batch["base_pixel_values"],
-            batch["transform_params"],
-            transformation,
-            config.num_intermediates,
-            image_mean=IMAGENET_MEAN,
-            image_std=IMAGENET_STD,
-            output_size=batch["pixel_values"].shape[-1],
-        )
+        pair = batch_transformed_pair(batch, transformation, config.num_intermediates, IMAGENET_MEAN, IMAGENET_STD)
         with_targets = config.reconstruction_weight > 0
         with autocast:
             loss = model(
