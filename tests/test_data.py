@@ -265,3 +265,52 @@ def test_bad_stream_arguments_name_the_field():
         build_transform_pair_dataset(images, maker(), num_shards=5)
     with pytest.raises(ValueError, match="cannot re-shard"):
         build_transform_pair_dataset(images.to_iterable_dataset(num_shards=2), maker(), num_shards=4)
+
+
+# ------------------------------------------------------------------------------------------ decode cache
+
+
+def test_decode_cache_returns_what_decoding_returns_and_keeps_within_its_budget():
+    from equirecon.imaging.decoding import DecodeCache, to_rgb_uint8
+
+    files = [encode(coloured_square(i)) for i in range(3)]  # distinct PNGs of one size
+    nbytes = to_rgb_uint8(files[0], min_size=8).nbytes
+    cache = DecodeCache(max_bytes=2 * nbytes)
+    first = cache({"bytes": files[0], "path": "a.png"}, min_size=8)
+    np.testing.assert_array_equal(first, to_rgb_uint8(files[0], min_size=8))
+    assert not first.flags.writeable  # shared between calls: no transform may change it in place
+    assert cache(files[0], min_size=8) is first and (cache.hits, cache.misses) == (1, 1)  # keyed by the content
+    cache(files[1], min_size=8)
+    cache(files[2], min_size=8)  # a budget of two arrays: the least recently used one, files[0]'s, goes
+    assert cache.num_bytes == 2 * nbytes
+    again = cache(files[0], min_size=8)
+    assert again is not first and (cache.hits, cache.misses) == (1, 4)
+    assert cache(files[2], min_size=8) is not None and cache.hits == 2  # files[1]'s went instead
+    larger = cache(files[2], min_size=4 * first.shape[0])  # the size asked for is part of the key
+    assert larger.shape[0] == 4 * first.shape[0] and cache.misses == 5 and cache.num_bytes == 2 * nbytes
+    array = np.zeros((8, 8, 3), np.uint8)
+    assert cache(array, min_size=8).flags.writeable and (cache.hits, cache.misses) == (2, 5)  # not cached
+    with pytest.raises(ValueError, match="max_bytes must be >= 0"):
+        DecodeCache(-1)
+
+
+def test_a_repeated_dataset_decodes_each_image_once_and_gives_the_same_pairs(monkeypatch):
+    from equirecon.imaging import decoding
+
+    calls = []
+    original = decoding.to_rgb_uint8
+    monkeypatch.setattr(decoding, "to_rgb_uint8", lambda image, **kwargs: calls.append(1) or original(image, **kwargs))
+
+    def pairs(**kwargs) -> list[dict]:
+        calls.clear()
+        stream = build_transform_pair_dataset(indexed_images(4), maker("all"), repeat=3, shuffle_seed=1, **kwargs)
+        return list(stream)
+
+    cached, decodes_cached = pairs(), len(calls)
+    uncached, decodes_uncached = pairs(decode_cache_bytes=0), len(calls)
+    assert (decodes_cached, decodes_uncached) == (4, 12)
+    assert len(cached) == len(uncached) == 12
+    for a, b in zip(cached, uncached, strict=True):
+        assert all(torch.equal(a[key], b[key]) for key in ("pixel_values", "base_pixel_values", "transform_params"))
+    with pytest.raises(ValueError, match="decode_cache_bytes"):
+        build_transform_pair_dataset(indexed_images(4), maker(), decode_cache_bytes=-1)

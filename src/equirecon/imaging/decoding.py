@@ -5,9 +5,11 @@ Shared by pretraining (transform pairs), the benchmarks and probes (crops, model
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-__all__ = ["DecodedImages", "ImageLike", "decode_images", "to_rgb_uint8"]
+__all__ = ["DecodeCache", "DecodedImages", "ImageLike", "decode_images", "to_rgb_uint8"]
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | bytes | dict
 
@@ -88,6 +90,45 @@ def to_rgb_uint8(image: ImageLike, *, min_size: int = 32) -> np.ndarray:
         new_size = (max(min_size, round(width * scale)), max(min_size, round(height * scale)))
         array = cv2.resize(array, new_size, interpolation=cv2.INTER_CUBIC)
     return np.ascontiguousarray(array)
+
+
+class DecodeCache:
+    """:func:`to_rgb_uint8` for encoded images, remembering the decoded arrays (least recently used out) within
+    ``max_bytes``, keyed by a digest of the encoded bytes.
+
+    A handful of photos streamed for hundreds of steps (the embedded photos) would otherwise be decoded again for
+    every example, and decoding a PNG costs about twice the two views cut from it. Cached arrays are read-only and
+    shared between calls, so a transform that tried to change one in place would fail instead of corrupting the
+    next example. Images that are not encoded bytes (arrays, PIL images, paths) are converted without caching.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}.")
+        self.max_bytes = max_bytes
+        self.hits = self.misses = self.num_bytes = 0
+        self._arrays: OrderedDict[tuple[bytes, int], np.ndarray] = OrderedDict()
+
+    def __call__(self, image: ImageLike, *, min_size: int = 32) -> np.ndarray:
+        encoded = image.get("bytes") if isinstance(image, dict) else image
+        if self.max_bytes == 0 or not isinstance(encoded, bytes | bytearray | memoryview):
+            return to_rgb_uint8(image, min_size=min_size)
+        key = (hashlib.blake2b(encoded, digest_size=16).digest(), min_size)
+        array = self._arrays.get(key)
+        if array is not None:
+            self.hits += 1
+            self._arrays.move_to_end(key)
+            return array
+        self.misses += 1
+        array = to_rgb_uint8(encoded, min_size=min_size)
+        if array.nbytes <= self.max_bytes:
+            array.flags.writeable = False
+            self._arrays[key] = array
+            self.num_bytes += array.nbytes
+            while self.num_bytes > self.max_bytes:
+                _, evicted = self._arrays.popitem(last=False)
+                self.num_bytes -= evicted.nbytes
+        return array
 
 
 def _pil_to_rgb(image: Image.Image) -> np.ndarray:

@@ -25,7 +25,7 @@ import datasets
 import torch
 from datasets.distributed import split_dataset_by_node
 
-from ..imaging.decoding import to_rgb_uint8
+from ..imaging.decoding import DecodeCache
 from ..imaging.sources import embedded_photos, find_image_column, image_folder_to_parquet, load_images
 from ..imaging.transformations import TransformationConfig, TransformedPair, make_transformed_pair
 from .views import TransformPairMaker
@@ -62,6 +62,7 @@ def build_transform_pair_dataset(
     buffer_size: int = 1000,
     repeat: int | None = 1,
     map_batch_size: int = 16,
+    decode_cache_bytes: int | None = None,
 ) -> datasets.IterableDataset:
     """A ``datasets.IterableDataset`` of transform-pair examples ``{pixel_values, base_pixel_values, transform_params}``.
 
@@ -77,6 +78,9 @@ def build_transform_pair_dataset(
             calls it); must be the same on every rank. ``None`` keeps the order.
         repeat: passes over the images per epoch; ``None`` repeats forever (give ``Trainer`` ``max_steps``).
         map_batch_size: examples per call of the per-example function (amortises ``datasets`` overhead).
+        decode_cache_bytes: decoded images each reader keeps (:class:`~equirecon.imaging.decoding.DecodeCache`)
+            so that a repeated image is not decoded again; default: 256 MiB when a map-style ``Dataset`` is
+            repeated (``repeat`` not 1), else none (a stream seen once would only fill memory).
     """
     if not (isinstance(world_size, int) and world_size >= 1):
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
@@ -84,6 +88,8 @@ def build_transform_pair_dataset(
         raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
     if repeat is not None and not (isinstance(repeat, int) and repeat >= 1):
         raise ValueError(f"repeat must be an int >= 1 or None (forever), got {repeat!r}")
+    if decode_cache_bytes is not None and not (isinstance(decode_cache_bytes, int) and decode_cache_bytes >= 0):
+        raise ValueError(f"decode_cache_bytes must be an int >= 0 or None, got {decode_cache_bytes!r}")
     if not isinstance(pair_maker, TransformPairMaker):
         raise TypeError(f"pair_maker must be a TransformPairMaker, got {type(pair_maker).__name__}")
     column = find_image_column(images, image_column)
@@ -129,9 +135,17 @@ def build_transform_pair_dataset(
         # maker resolves its rank where it runs, so no two processes share an augmentation stream.
         pair_maker = copy.deepcopy(pair_maker)
         pair_maker.rank = rank
+    if decode_cache_bytes is None:
+        decode_cache_bytes = _DEFAULT_DECODE_CACHE_BYTES if isinstance(images, datasets.Dataset) and repeat != 1 else 0
     return stream.map(
-        _TransformPairFunction(pair_maker, column), batched=True, batch_size=map_batch_size, remove_columns=[column]
+        _TransformPairFunction(pair_maker, column, DecodeCache(decode_cache_bytes)),
+        batched=True,
+        batch_size=map_batch_size,
+        remove_columns=[column],
     )
+
+
+_DEFAULT_DECODE_CACHE_BYTES = 256 * 2**20
 
 
 def _default_num_shards(num_examples: int, world_size: int) -> int:
@@ -165,9 +179,10 @@ class _TransformPairFunction:
     a chunk those skipped after it (a chunk of images none of which decodes hands its names to the next chunk; at
     the end of a finite stream they are only logged)."""
 
-    def __init__(self, pair_maker: TransformPairMaker, column: str) -> None:
+    def __init__(self, pair_maker: TransformPairMaker, column: str, decode: DecodeCache) -> None:
         self.pair_maker = pair_maker
         self.column = column
+        self.decode = decode
         self.num_decoded = 0
         self.num_failed = 0
         self.pending: list[str] = []
@@ -177,7 +192,7 @@ class _TransformPairFunction:
         out: dict[str, list] = {key: [] for key in (*TRANSFORM_PAIR_KEYS, SKIPPED_IMAGES_KEY)}
         for value in batch[self.column]:
             try:
-                image = to_rgb_uint8(value, min_size=self.pair_maker.min_image_size)
+                image = self.decode(value, min_size=self.pair_maker.min_image_size)
             except Exception as error:  # noqa: BLE001 - one bad file out of millions must not end the run
                 self._skip(value, error)
                 continue
