@@ -10,8 +10,12 @@ spend at most a quarter of the encoder's time on making its images).
     python benchmarks/evaluation_speed.py --dataset /usr/share/backgrounds/mate --model runs/equirecon-tiny
 
 Without ``--model``, a randomly initialised ``tiny`` EquiRecon encoder is timed (speed does not depend on the
-weights). The θ regressors are reduced to nothing here (one epoch of a 1-unit MLP); their cost is the regressors'
-own business (`equirecon evaluate equivariance` prints its estimate before it starts).
+weights). The θ regressors are reduced to nothing in the encoding pass (one epoch of a 1-unit MLP) and timed on their
+own: one epoch of the default benchmark's fit (SIE's MLP, the 4 families and their θ-shuffled controls at once, on
+the training share of the crops).
+
+Every row is measured in float32 and, where the device has bfloat16 matrix units (``--precision auto`` resolves
+to it; :mod:`equirecon.evaluation.precision`), in bfloat16 autocast, the arithmetic `equirecon evaluate` then uses.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import torch  # noqa: E402
 
 from equirecon.evaluation.equivariance import run_equivariance_benchmark  # noqa: E402
 from equirecon.evaluation.loading import InputSpec, load_model  # noqa: E402
-from equirecon.evaluation.regression import RegressorConfig  # noqa: E402
+from equirecon.evaluation.precision import autocast, resolve_precision  # noqa: E402
+from equirecon.evaluation.regression import RegressorConfig, epoch_seconds  # noqa: E402
 from equirecon.imaging.decoding import decode_images  # noqa: E402
 from equirecon.imaging.sources import embedded_photos, find_image_column, load_images, undecoded_images  # noqa: E402
 
@@ -53,17 +58,22 @@ def photos_of(dataset: str) -> list[np.ndarray]:
 
 
 @torch.inference_mode()
-def forward_images_per_second(model: torch.nn.Module, spec: InputSpec, batch_size: int, batches: int) -> float:
+def forward_images_per_second(
+    model: torch.nn.Module, spec: InputSpec, batch_size: int, batches: int, precision: str
+) -> float:
     """The encoder alone, on random batches already in memory (one warm-up batch first)."""
     pixels = torch.randn(batch_size, 3, *spec.image_size)
-    model(pixel_values=pixels)
-    start = time.perf_counter()
-    for _ in range(batches):
+    with autocast("cpu", precision):
         model(pixel_values=pixels)
+        start = time.perf_counter()
+        for _ in range(batches):
+            model(pixel_values=pixels)
     return batch_size * batches / (time.perf_counter() - start)
 
 
-def encoding_pass(model: torch.nn.Module, spec: InputSpec, photos: list, num_crops: int, batch_size: int) -> float:
+def encoding_pass(
+    model: torch.nn.Module, spec: InputSpec, photos: list, num_crops: int, batch_size: int, precision: str
+) -> float:
     """Seconds of `run_equivariance_benchmark`'s encoding pass (everything but a negligible regressor)."""
     start = time.perf_counter()
     run_equivariance_benchmark(
@@ -76,6 +86,7 @@ def encoding_pass(model: torch.nn.Module, spec: InputSpec, photos: list, num_cro
         regressor=RegressorConfig(hidden_sizes=(1,), epochs=1),
         shuffled_control=False,
         progress=False,
+        precision=precision,
     )
     return time.perf_counter() - start
 
@@ -86,9 +97,13 @@ def main() -> None:
     parser.add_argument("--dataset", action="append", default=None, help="An image folder (repeatable).")
     parser.add_argument("--num_crops", type=int, default=1024)
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument(
+        "--benchmark_crops", type=int, default=4096, help="The regressors' fit: the benchmark's crops."
+    )
     args = parser.parse_args()
 
     model, spec = encoder(args.model)
+    precisions = sorted({"float32", resolve_precision("auto", "cpu")}, reverse=True)
     passes = 1 + len(FAMILIES)
     reference_batches = max(1, args.num_crops * passes // args.batch_size // 4)
     print(
@@ -99,21 +114,42 @@ def main() -> None:
     for dataset in ["embedded", *(args.dataset or [])]:
         photos = photos_of(dataset)
         sizes = sorted(photo.shape[0] * photo.shape[1] for photo in photos)
-        before = forward_images_per_second(model, spec, args.batch_size, reference_batches)
-        seconds = encoding_pass(model, spec, photos, args.num_crops, args.batch_size)
-        after = forward_images_per_second(model, spec, args.batch_size, reference_batches)
-        forward = (before + after) / 2
-        encoded = args.num_crops * passes / seconds
-        median_megapixels = sizes[len(sizes) // 2] / 1e6
-        rows.append((dataset, len(photos), median_megapixels, forward, args.num_crops / seconds, encoded))
+        for precision in precisions:
+            before = forward_images_per_second(model, spec, args.batch_size, reference_batches, precision)
+            seconds = encoding_pass(model, spec, photos, args.num_crops, args.batch_size, precision)
+            after = forward_images_per_second(model, spec, args.batch_size, reference_batches, precision)
+            forward = (before + after) / 2
+            encoded = args.num_crops * passes / seconds
+            median_megapixels = sizes[len(sizes) // 2] / 1e6
+            rows.append(
+                (dataset, len(photos), median_megapixels, precision, forward, args.num_crops / seconds, encoded)
+            )
+    # One epoch of the default benchmark's fit: 3/5 of the crops train, 1/5 stop, 8 regressors of 2 outputs.
+    width = 2 * model.config.hidden_size  # the pair of mean patch tokens
+    epochs = {
+        precision: epoch_seconds(
+            8, width, 2, args.benchmark_crops * 3 // 5, args.benchmark_crops // 5, RegressorConfig(precision=precision)
+        )
+        for precision in precisions
+    }
     print(f"load after: {' '.join(f'{value:.2f}' for value in os.getloadavg())}\n")
-    print("| images | photos | median Mpx | encoder forward (img/s) | encoding pass (crops/s) | (img/s) | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for dataset, count, megapixels, forward, crops, encoded in rows:
+    print(
+        "| images | photos | median Mpx | precision | encoder forward (img/s) | encoding pass (crops/s) | (img/s) | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for dataset, count, megapixels, precision, forward, crops, encoded in rows:
         print(
-            f"| {dataset} | {count} | {megapixels:.2f} | {forward:.0f} | {crops:.0f} | {encoded:.0f} | "
+            f"| {dataset} | {count} | {megapixels:.2f} | {precision} | {forward:.0f} | {crops:.0f} | {encoded:.0f} | "
             f"{encoded / forward:.2f} |"
         )
+    if len(precisions) == 2:
+        speedups = [row[6] / rows[index - 1][6] for index, row in enumerate(rows) if row[3] == "bfloat16"]
+        print(f"\nencoding pass, bfloat16 over float32: {', '.join(f'{value:.2f}×' for value in speedups)}")
+    print(
+        "θ regressors, one epoch of the default fit (8 MLPs, "
+        + ", ".join(f"{precision}: {seconds:.2f} s" for precision, seconds in epochs.items())
+        + (f"; bfloat16 over float32: {epochs['float32'] / epochs['bfloat16']:.2f}×)" if len(epochs) == 2 else ")")
+    )
 
 
 if __name__ == "__main__":

@@ -175,6 +175,7 @@ def _run_equivariance(
         max_images=args.max_images,
         progress=not args.no_progress,
         shuffled_control=shuffled_control,
+        precision=args.precision,
     )
     report = {
         "results": {**result.to_dict(), "skipped_images": skipped},
@@ -233,6 +234,7 @@ def _run_probe(args: argparse.Namespace, model: Any, spec: Any) -> tuple[dict[st
             batch_size=args.batch_size,
             progress=progress,
             description=f"{part} features",
+            precision=args.precision,
         )[kind]
         for part, images in (("train", data.train_images), ("test", data.test_images))
     )

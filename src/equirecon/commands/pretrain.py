@@ -77,7 +77,7 @@ def evaluate_equivariance(
     command's default. Inputs are normalised as `image_processor`, the run's, says (a warm start keeps its
     checkpoint's statistics)."""
     from ..evaluation import FeatureCache, InputSpec, RegressorConfig, run_equivariance_benchmark
-    from ..evaluation.arguments import EquivarianceArguments, EvaluateRunArguments
+    from ..evaluation.arguments import EquivarianceArguments, EvaluateModelArguments, EvaluateRunArguments
     from ..evaluation.equivariance import dataset_settings, family_configs
 
     chosen = {
@@ -87,6 +87,7 @@ def evaluate_equivariance(
     }
     protocol = replace(EquivarianceArguments(), **{name: value for name, value in chosen.items() if value is not None})
     benchmark_seed = EvaluateRunArguments().seed
+    precision = EvaluateModelArguments(model="").precision
     settings = dataset_settings(data_args.dataset)
 
     # Photos the encoder was not pretrained on.
@@ -115,6 +116,7 @@ def evaluate_equivariance(
                 seed=benchmark_seed,
                 cache=cache,
                 shuffled_control=shuffled_control and feature == features[0],
+                precision=precision,
             )
             for feature in features
         }

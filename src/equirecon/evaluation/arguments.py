@@ -33,6 +33,14 @@ class EvaluateModelArguments:
         default=None, metadata={"help": "Model weights' dtype on load.", "choices": ["float32", "bfloat16", "float16"]}
     )
     batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "Arithmetic of the forward passes (and the θ regressors' training steps): 'auto' is bfloat16 "
+            "autocast where the device has bfloat16 matrix units (CUDA, CPUs with AMX), else float32.",
+            "choices": ["auto", "float32", "bfloat16"],
+        },
+    )
     reference: str = field(
         default="random",
         metadata={

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -48,6 +49,7 @@ from .crops import CropSet, as_photos
 from .features import FeatureExtractor, eval_mode
 from .loading import InputSpec, resolve_device
 from .metrics import R2Convention
+from .precision import resolve_precision
 from .regression import RegressorConfig
 from .scores import (
     MULTIOUTPUT,
@@ -207,6 +209,7 @@ def run_equivariance_benchmark(
     max_images: int | None = None,
     progress: bool = True,
     shuffled_control: bool | Sequence[str] = True,
+    precision: str = "auto",
 ) -> EquivarianceResult:
     """Per-family R² of regressing θ from the frozen features of (I, g_θ(I)).
 
@@ -239,12 +242,10 @@ def run_equivariance_benchmark(
             statistics (use :func:`.loading.load_model` to get the checkpoint's own).
         image_size: overrides the resolution of ``input_spec``.
         crop_scale: range of each crop's area as a fraction of the largest crop the photo allows.
-        border: what a geometric g_θ (rotation, translation, SE(2)) shows where it moves content in from outside
-            the crop. ``"context"`` (default): the surrounding photo. The crop is rendered with enough margin,
-            transformed, and its centre kept, so g_θ(I) has no fill and the regressor cannot read θ off black
-            corners; it must come from the content. ``"fill"``: the crop itself is transformed and filled black
-            (the shortcut this benchmark otherwise rules out). Non-geometric families always transform the crop itself (colour's
-            contrast is relative to the crop's own mean).
+        border: what a geometric g_θ shows where it moves content in from outside the crop. ``"context"``
+            (default): the surrounding photo (rendered as a margin, transformed, centre kept), so θ cannot be read
+            off black corners. ``"fill"``: black (the shortcut this benchmark otherwise rules out). Non-geometric
+            families always transform the crop itself (colour's contrast is relative to the crop's own mean).
         regressor: the θ regressor's hyper-parameters (default: SIE's MLP, at most 100 epochs, early-stopped).
         multioutput: ``"global"`` (SIE's convention, default) or ``"per_output"`` for the headline R².
         batch_size: images per forward pass.
@@ -257,6 +258,9 @@ def run_equivariance_benchmark(
         shuffled_control: also score a regressor fitted on permuted θ (:func:`score_feature_pairs`), reported as
             each family's ``shuffled_r2``, for every family (``True``) or the families named; each doubles that
             family's regressor fits.
+        precision: the arithmetic of the encoder's forward passes and the regressors' training steps (it replaces
+            ``regressor.precision``): ``"float32"``, ``"bfloat16"`` (autocast) or ``"auto"`` (bfloat16 where the
+            device has bfloat16 matrix units, :func:`.precision.resolve_precision`). The result records it.
     """
     configs = _family_configs(families)
     if group_by not in ("photo", "crop"):
@@ -273,6 +277,9 @@ def run_equivariance_benchmark(
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     if device is not None:
         model.to(resolve_device(device))
+    parameter = next(model.parameters(), None)
+    precision = resolve_precision(precision, parameter.device if parameter is not None else "cpu")
+    regressor = replace(regressor or RegressorConfig(), precision=precision)
     with eval_mode(model):
         spec = (input_spec or InputSpec.from_model(model)).with_size(image_size)
 
@@ -293,21 +300,26 @@ def run_equivariance_benchmark(
             for name, config in configs.items()
         }
 
-        # One 1-image forward first: resolves "auto" and fails early (before any encoding) on an unavailable kind.
-        checker = FeatureExtractor(model, kinds=(feature,))
+        # A 1-image forward resolves "auto" and fails early (before any encoding) on an unavailable kind.
+        checker = FeatureExtractor(model, kinds=(feature,), precision=precision)
         probed = checker.probe(spec.image_size)
         kind = checker.resolved_kind(feature)
 
         # A caller's cache may outlive this model, so its keys include the weights; a fresh one cannot.
-        base_key = {"version": _CACHE_VERSION, "crops": crops.fingerprint(), "input": spec.to_dict(), "border": border}
+        base_key = {
+            "version": _CACHE_VERSION,
+            "crops": crops.fingerprint(),
+            "input": spec.to_dict(),
+            "border": border,
+            "precision": precision,
+        }
         if cache is not None:
             base_key["model"] = model_fingerprint(model)
-        else:
-            cache = FeatureCache()
+        cache = cache if cache is not None else FeatureCache()
         keys = {None: cache_key(**base_key, transformation=None)}
         for name, config in configs.items():
             keys[name] = cache_key(**base_key, transformation=config.to_dict(), params=params[name])
-        extractor = FeatureExtractor(model, kinds=("all",))
+        extractor = FeatureExtractor(model, kinds=("all",), precision=precision)
         device_for_regressor = extractor.device if device is None else resolve_device(device)
         # A parameter held constant (saturation and hue on greyscale data) carries nothing to regress.
         varying = {
@@ -366,7 +378,8 @@ def run_equivariance_benchmark(
             "border": border,
             "context_size": list(context_size),
             "input": spec.to_dict(),
-            "regressor": (regressor or RegressorConfig()).to_dict(),
+            "regressor": regressor.to_dict(),
+            "precision": precision,
             "seed": seed,
             "batch_size": batch_size,
             "shuffled_control": shuffled_control if isinstance(shuffled_control, bool) else list(shuffled_control),

@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .loading import InputSpec
+from .precision import autocast, resolve_precision
 
 __all__ = [
     "EQUIRECON_FEATURE_KINDS",
@@ -157,15 +158,19 @@ class FeatureExtractor:
             restore the previous mode afterwards); its device and dtype are used.
         kinds: feature kinds to return; ``"auto"`` stands for the model's default kind and ``"all"`` for every
             kind the model supports (found at the first batch).
+        precision: ``"float32"`` or ``"bfloat16"`` (autocast of the forward, :mod:`.precision`); resolve ``"auto"``
+            with :func:`.precision.resolve_precision` first.
     """
 
-    def __init__(self, model: nn.Module, kinds: Sequence[str] = ("auto",)) -> None:
+    def __init__(self, model: nn.Module, kinds: Sequence[str] = ("auto",), precision: str = "float32") -> None:
         self.model = model.eval()
         self.num_prefix = num_prefix_tokens(model)
         parameter = next(model.parameters(), None)
         self.device = parameter.device if parameter is not None else torch.device("cpu")
         self.dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
         self._interpolate = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+        self.precision = precision
+        autocast(self.device, precision)  # fails now on an unresolved precision, not at the first batch
         self._requested = tuple(kinds)
         self.auto_kind: str | None = None
         dynamic = "auto" in self._requested or "all" in self._requested
@@ -215,7 +220,8 @@ class FeatureExtractor:
     def __call__(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """Features ``{kind: (B, D)}`` of one batch of model-input-space images ``(B, 3, H, W)``."""
         kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
-        outputs = self.model(pixel_values=pixel_values.to(self.device, self.dtype), **kwargs)
+        with autocast(self.device, self.precision):
+            outputs = self.model(pixel_values=pixel_values.to(self.device, self.dtype), **kwargs)
         if self.auto_kind is None:
             self.auto_kind = "mean_patch"
         if self.kinds is None:
@@ -257,14 +263,18 @@ def encode_images(
     batch_size: int = 64,
     progress: bool = False,
     description: str = "features",
+    precision: str = "float32",
 ) -> dict[str, torch.Tensor]:
     """Features ``{kind: (N, D)}`` of a sequence of images (PIL, arrays or tensors), preprocessed by
-    :meth:`InputSpec.preprocess` (resize, centre crop, normalise) batch by batch."""
+    :meth:`InputSpec.preprocess` (resize, centre crop, normalise) batch by batch; ``precision`` as in
+    :func:`.precision.resolve_precision`."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     spec = input_spec or InputSpec.from_model(model)
     with eval_mode(model):
-        extractor = FeatureExtractor(model, kinds=kinds)
+        parameter = next(model.parameters(), None)
+        precision = resolve_precision(precision, parameter.device if parameter is not None else "cpu")
+        extractor = FeatureExtractor(model, kinds=kinds, precision=precision)
         batches = (spec.preprocess(images[start : start + batch_size]) for start in range(0, len(images), batch_size))
         total = -(-len(images) // batch_size)
         return extractor.extract(batches, total=total, progress=progress, description=description)

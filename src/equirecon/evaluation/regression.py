@@ -37,6 +37,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .precision import autocast
+
 __all__ = ["MLPRegressor", "RegressorConfig", "epoch_seconds", "fit_mlp_regressor", "fit_mlp_regressors"]
 
 
@@ -54,6 +56,9 @@ class RegressorConfig:
     standardize_inputs: bool = True
     standardize_targets: bool = True
     patience: int = 10
+    #: The training steps' matrix products: ``"float32"`` or ``"bfloat16"`` autocast (:mod:`.precision`). Weights,
+    #: Adam's state, the early-stopping losses and the predictions stay float32.
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(int(size) for size in self.hidden_sizes)
@@ -63,6 +68,8 @@ class RegressorConfig:
             raise ValueError("epochs and batch_size must be >= 1 and learning_rate > 0.")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1 epoch, got {self.patience}.")
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}.")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "hidden_sizes": list(self.hidden_sizes)}
@@ -171,8 +178,10 @@ class _StackedMLPs:
         self.optimizer = self._adam(self.parameters)
 
     def _adam(self, parameters: list[torch.Tensor]) -> torch.optim.Adam:
+        # The fused kernel reads and writes each element once per step, where the foreach form makes seven passes
+        # over the ~12 M weights of a benchmark's stack: 3× faster steps, a third of an epoch on 2 CPU cores.
         config = self.config
-        return torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay, foreach=True)
+        return torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         """``(M, B, D)`` standardised inputs → ``(M, B, width)`` standardised predictions."""
@@ -300,7 +309,9 @@ def fit_mlp_regressors(
     for epoch in tqdm(range(config.epochs), desc=description, unit="epoch", disable=not progress, leave=False):
         order = torch.randperm(x.shape[1], generator=generator).to(device)
         for batch in order.split(config.batch_size):
-            losses = _masked_losses(stack(x[:, batch]), y[:, batch], mask)
+            with autocast(device, config.precision):
+                predictions = stack(x[:, batch])
+            losses = _masked_losses(predictions.float(), y[:, batch], mask)
             stack.optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
             stack.optimizer.step()
@@ -395,7 +406,9 @@ def epoch_seconds(
     mask = torch.ones(num_models, 1, out_features, device=device)
 
     def step() -> float:
-        losses = _masked_losses(stack(inputs), targets, mask)
+        with autocast(device, config.precision):
+            predictions = stack(inputs)
+        losses = _masked_losses(predictions.float(), targets, mask)
         stack.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         stack.optimizer.step()
