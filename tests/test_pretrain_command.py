@@ -164,6 +164,19 @@ def test_bad_arguments_fail_with_one_line_before_training(tmp_path, capsys, argu
     assert not list((tmp_path / "out").glob("checkpoint-*"))
 
 
+def test_a_logger_that_is_not_installed_is_named_before_training(tmp_path, capsys, monkeypatch):
+    from equirecon.training import arguments
+
+    monkeypatch.setattr(arguments, "get_available_reporting_integrations", lambda: ["wandb"])
+    command = ["pretrain", "--output_dir", str(tmp_path / "out"), *FAST_PRETRAIN, "--report_to", "tensorboard"]
+    assert cli_main(command) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        "equirecon pretrain: error: --report_to tensorboard: not installed here (e.g. `pip install tensorboard`); "
+        "installed loggers: wandb."
+    )
+
+
 def test_unwritable_output_dir_is_reported(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")

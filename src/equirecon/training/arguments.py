@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from transformers import TrainingArguments
+from transformers.integrations import get_available_reporting_integrations
 
 from ..imaging.transformations import FAMILIES, RANGE_FIELDS, TransformationConfig
 from ..run_directory import RunOutputArguments
@@ -209,6 +210,13 @@ class EquiReconTrainingArguments(RunOutputArguments, TransformationRangeArgument
             raise ValueError(f"--local_crops_number must be >= 0, got {self.local_crops_number}.")
         if self.num_intermediates is not None and self.num_intermediates < 1:
             raise ValueError(f"--num_intermediates must be >= 1, got {self.num_intermediates}.")
+        installed = get_available_reporting_integrations()
+        missing = [name for name in self.report_to if name not in installed]
+        if missing:  # otherwise Trainer fails with a traceback once the model is built
+            raise ValueError(
+                f"--report_to {' '.join(missing)}: not installed here (e.g. `pip install {missing[0]}`); installed "
+                f"loggers: {', '.join(installed) or 'none'}."
+            )
 
     @property
     def effective_batch_size(self) -> int:

@@ -27,8 +27,8 @@ class TrainingTimeCallback(TrainerCallback):
     into every checkpoint it saves.
 
     After `train()`: `resumed` is None for a run that started at step 0, else `{"checkpoint", "step",
-    "training_seconds_before"}` (None where the checkpoint has no record of its time, e.g. one written by an
-    older version), and `training_seconds` is the training time of this session plus the time before it."""
+    "training_seconds_before"}` (None where the checkpoint has no record of its time, e.g. one written by plain
+    `Trainer`), and `training_seconds` is the training time of this session plus the time before it."""
 
     def __init__(self) -> None:
         self.resumed: dict[str, Any] | None = None

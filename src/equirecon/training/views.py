@@ -4,11 +4,8 @@ A *transform pair* is ``{pixel_values: v1 = A1(I), base_pixel_values: u = A2(I),
 is not applied here: it runs once per batch on the accelerator (:mod:`equirecon.imaging.transformations`), which
 keeps the CPU workers as cheap as a plain two-view SSL pipeline.
 
-Randomness is seeded per DataLoader worker and per rank. albumentations 2.0.8 gives every worker an identical copy
-of a seeded ``Compose``, and ``Compose(seed=...)`` seeds each transform with the *same* seed, which correlates
-their coin flips (with ``HorizontalFlip(p=0.5)`` followed by ``ToGray(p=0.2)``, every grey image is also
-flipped). Here one shared generator drives each pipeline, reseeded whenever the object finds itself in a new
-worker, so streams differ across workers, ranks and (with non-persistent workers) epochs.
+Randomness is seeded per DataLoader worker and per rank (:mod:`equirecon.imaging.workers` says why albumentations'
+own seeding is not used), so streams differ across workers, ranks and (with non-persistent workers) epochs.
 """
 
 from __future__ import annotations
