@@ -46,7 +46,7 @@ from ..imaging.fashion_mnist import FASHION_MNIST
 from ..imaging.transformations import TransformationConfig, apply_transformation
 from .cache import FeatureCache, cache_key, model_fingerprint
 from .crops import CropSet, as_photos
-from .features import FeatureExtractor, eval_mode
+from .features import FeatureExtractor, eval_mode, model_device
 from .loading import InputSpec, resolve_device
 from .metrics import R2Convention
 from .precision import resolve_precision
@@ -277,8 +277,7 @@ def run_equivariance_benchmark(
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     if device is not None:
         model.to(resolve_device(device))
-    parameter = next(model.parameters(), None)
-    precision = resolve_precision(precision, parameter.device if parameter is not None else "cpu")
+    precision = resolve_precision(precision, model_device(model))
     regressor = replace(regressor or RegressorConfig(), precision=precision)
     with eval_mode(model):
         spec = (input_spec or InputSpec.from_model(model)).with_size(image_size)

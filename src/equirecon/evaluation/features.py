@@ -45,6 +45,7 @@ __all__ = [
     "available_kinds",
     "encode_images",
     "eval_mode",
+    "model_device",
     "num_prefix_tokens",
     "pool_features",
 ]
@@ -147,6 +148,12 @@ def pool_features(outputs: Any, kind: str, num_prefix: int) -> torch.Tensor:
     return {"cls": cls, "mean_patch": mean_patch}.get(kind, torch.cat([cls, mean_patch], dim=-1))
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s weights are (the CPU for a model without parameters)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 class FeatureExtractor:
     """Runs a frozen model in inference mode and returns pooled features as float32 CPU tensors.
 
@@ -166,7 +173,7 @@ class FeatureExtractor:
         self.model = model.eval()
         self.num_prefix = num_prefix_tokens(model)
         parameter = next(model.parameters(), None)
-        self.device = parameter.device if parameter is not None else torch.device("cpu")
+        self.device = model_device(model)
         self.dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
         self._interpolate = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
         self.precision = precision
@@ -272,8 +279,7 @@ def encode_images(
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     spec = input_spec or InputSpec.from_model(model)
     with eval_mode(model):
-        parameter = next(model.parameters(), None)
-        precision = resolve_precision(precision, parameter.device if parameter is not None else "cpu")
+        precision = resolve_precision(precision, model_device(model))
         extractor = FeatureExtractor(model, kinds=kinds, precision=precision)
         batches = (spec.preprocess(images[start : start + batch_size]) for start in range(0, len(images), batch_size))
         total = -(-len(images) // batch_size)
