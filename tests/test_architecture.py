@@ -16,6 +16,7 @@ ALLOWED = {
     "reporting": set(),
     "publishing": set(),
     "process_group": set(),
+    "host_memory": set(),
     "model_card": {"reporting"},
     "registration": {"modeling"},
     "__init__": {"modeling", "registration"},
@@ -53,6 +54,7 @@ ALLOWED = {
         "registration",
         "model_card",
         "reporting",
+        "host_memory",
     },
     "__main__": {"commands"},
 }

@@ -11,7 +11,7 @@ from PIL import Image
 
 from equirecon.evaluation.crops import CropSet
 from equirecon.imaging.context import center_crop, context_side, reflect_into_box, widen_box
-from equirecon.imaging.transformations import FAMILIES, TransformationConfig
+from equirecon.imaging.transformations import FAMILIES, TransformationConfig, apply_transformation
 from equirecon.training.views import ContextRandomResizedCrop, TransformPairMaker
 
 SIZE = 32
@@ -153,3 +153,42 @@ def test_benchmark_context_crops_centre_on_the_drawn_crop():
     direct, with_margin = plain.render(centred), center_crop(context.render(centred), SIZE)
     # The same photo region at the same scale: equal up to resampling at the window's edge.
     assert (direct - with_margin)[..., 2:-2, 2:-2].abs().mean() < 0.02
+
+
+# ---------------------------------------------------------------------------------- g_θ of the view alone
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [("rotation",), ("translation",), ("se2",), ("color",), ("blur",), ("rotation", "blur"), ("blur", "se2")],
+)
+def test_crop_to_view_is_the_view_of_the_whole_transformation(steps):
+    """Transforming only the view (a final warp samples the view's pixels alone) gives exactly the centre of the
+    whole transformed context, image and mask, including black fill where a range outgrows the margin."""
+    ranges = {"rotation_range": (-90.0, 90.0), "translation_range": (-60.0, 60.0)}  # beyond the margin
+    config = (
+        TransformationConfig(family=steps[0], **ranges)
+        if len(steps) == 1
+        else TransformationConfig(family="composite", components=steps, **ranges)
+    )
+    torch.manual_seed(0)
+    context = torch.rand(5, 3, 36, 38)  # odd margins, not square
+    params = torch.from_numpy(config.sample(5, np.random.default_rng(0)))
+    view = (30, 33)
+    whole, whole_mask = apply_transformation(context, params, config, view_size=view)
+    cropped, cropped_mask = apply_transformation(context, params, config, view_size=view, crop_to_view=True)
+    assert cropped.shape == (5, 3, *view) and cropped_mask.shape == (5, 1, *view)
+    assert torch.equal(cropped, center_crop(whole, view))
+    assert torch.equal(cropped_mask, center_crop(whole_mask, view))
+    if config.is_geometric and len(steps) == 1:
+        assert bool((cropped_mask == 0).any())  # the ranges outgrow the margin: fill in the view, and marked
+
+
+def test_crop_to_view_needs_a_view_inside_the_images():
+    config = TransformationConfig(family="rotation")
+    with pytest.raises(ValueError, match=r"view \(40, 40\) must fit in the images \(32, 32\)"):
+        apply_transformation(torch.rand(1, 3, 32, 32), torch.zeros(1, 1), config, view_size=40, crop_to_view=True)
+    out, mask = apply_transformation(
+        torch.rand(0, 3, 32, 32), torch.zeros(0, 1), config, view_size=20, crop_to_view=True
+    )
+    assert out.shape == (0, 3, 20, 20) and mask.shape == (0, 1, 20, 20)

@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import ViTConfig, ViTModel
 
 from equirecon.evaluation.cache import FeatureCache
-from equirecon.evaluation.crops import OVERSAMPLING, CropSet, as_photos
+from equirecon.evaluation.crops import LEVEL_STEP, OVERSAMPLING, CropSet, as_photos
 from equirecon.evaluation.equivariance import run_equivariance_benchmark, score_feature_pairs
 from equirecon.evaluation.loading import InputSpec
 from equirecon.evaluation.regression import RegressorConfig, fit_mlp_regressor, fit_mlp_regressors
@@ -369,14 +369,20 @@ def test_crops_are_held_out_by_photo():
 
 
 def test_crops_are_cut_from_a_downscaled_copy_that_matches_the_full_photo():
-    # A 3-megapixel photo: each crop is resized from a copy of it downscaled once, never below the crop's need.
+    # A 3-megapixel photo: each crop is resized from the smallest copy of it that holds OVERSAMPLING times the
+    # crop's pixels (never fewer, and fewer than LEVEL_STEP times more).
     photo = as_photos([np.asarray(skimage.transform.resize(skimage.data.astronaut(), (1536, 2048)) * 255, np.uint8)])
     crops = CropSet.sample(tuple(photo), [0], 48, (40, 40), scale=(0.25, 1.0), generator=np.random.default_rng(0))
     rendered = crops.render(slice(None)) * 255
     source = crops._source(0)
-    assert source.image.width < photo[0].width / 4  # the copy is much smaller than the photo...
-    widths = (crops.boxes[:, 2] - crops.boxes[:, 0]) * source.scale[0]
-    assert widths.min() >= OVERSAMPLING * 40 - 1e-6  # ...and every crop still reduces it
+    assert source.image.width < photo[0].width / 4  # the first copy is much smaller than the photo...
+    reductions, copies = [], set()
+    for box in crops.boxes:
+        image, (left, top, right, bottom) = source.copy_for(box, (40, 40))
+        reductions.append(min(right - left, bottom - top) / 40)
+        copies.add(image.size)
+    assert min(reductions) >= OVERSAMPLING and max(reductions) < OVERSAMPLING * LEVEL_STEP * 1.02  # whole pixels
+    assert len(copies) == 2  # sides from half the largest crop's to all of it: reductions 2-4 from two copies
     direct = [np.asarray(photo[0].resize((40, 40), Image.Resampling.BICUBIC, box=tuple(box))) for box in crops.boxes]
     difference = (rendered - torch.from_numpy(np.stack(direct)).permute(0, 3, 1, 2).float()).abs()
     assert difference.mean() < 0.5 and torch.quantile(difference.flatten(), 0.99) <= 3  # levels out of 255
@@ -409,3 +415,15 @@ def test_folds_of_crops_score_features_that_carry_theta_and_refuse_held_out_phot
     assert constant.r2["rotation"] < 0.02  # θ is drawn per crop: folds of crops cannot learn it from the photo
     with pytest.raises(ValueError, match="group_by='photo'"):
         run_equivariance_benchmark(_Constant(), _photos()[:3], test_images=_photos()[3:], group_by="crop", **kwargs)
+
+
+def test_crops_come_in_the_same_batches_rendered_in_turn_or_in_the_background():
+    photos = as_photos([skimage.data.astronaut(), skimage.data.coffee()])
+    crops = CropSet.sample(
+        tuple(photos), [0, 1], 10, (16, 16), context_size=(24, 24), generator=np.random.default_rng(0)
+    )
+    expected = crops.render(slice(None))
+    for background in (False, True):
+        batches = list(crops.batches(4, background=background))
+        assert [len(batch) for batch in batches] == [4, 4, 2]
+        assert torch.equal(torch.cat(batches), expected)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..argument_checks import ArgumentError
+from ..host_memory import keep_freed_host_memory
 from ..run_directory import checkpoints
 
 __all__ = ["run_command", "setup"]
@@ -21,8 +22,10 @@ __all__ = ["run_command", "setup"]
 
 def setup(*, log_format: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
     """The set-up of every command: albumentations stays offline and quiet (2.0.8 checks PyPI for updates on
-    import), and INFO logs go to stderr unless logging is already configured."""
+    import), freed host memory stays in the process (:mod:`equirecon.host_memory`), and INFO logs go to stderr
+    unless logging is already configured."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    keep_freed_host_memory()
     if not logging.getLogger().handlers:
         logging.basicConfig(format=log_format, level=logging.INFO, stream=sys.stderr)
 

@@ -8,8 +8,11 @@ fitted and scored on crops of different photos (:func:`.scores.score_feature_pai
 A crop is a small window of a photo resized to a few dozen pixels, and resizing from the full photo reads every pixel
 of the box, which can cost more than encoding the crop. So each photo is downscaled once to :data:`OVERSAMPLING`
 times the resolution its smallest crop needs (never below it), and padded once for the crops whose context reaches
-past its border; a crop is then one small resize of that copy, close to the full-size rendering
-(``tests/test_equivariance_benchmark.py`` checks how close).
+past its border; smaller copies of that one, each :data:`LEVEL_STEP` times smaller than the last, are made as crops
+need them. A crop is then one small resize of the smallest copy that still holds :data:`OVERSAMPLING` times its
+pixels, close to the full-size rendering (``tests/test_equivariance_benchmark.py`` checks how close): the resize
+reads about (reduction)² pixels of the copy per pixel it makes, so a crop twice the smallest one's side costs no
+more than the smallest.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ from PIL import Image
 from ..imaging.context import reflect_into_box, widen_box
 from ..imaging.decoding import to_rgb_uint8
 
-__all__ = ["OVERSAMPLING", "CropSet", "as_photos"]
+__all__ = ["LEVEL_STEP", "OVERSAMPLING", "CropSet", "as_photos"]
 
-#: How much finer than its smallest crop's output each photo's downscaled copy is kept: a crop is then rendered by
-#: reducing the copy at least twofold (antialiased), which the full-size rendering matches to rounding.
+#: How much finer than a crop's output the copy it is cut from is at least: a crop is then rendered by reducing its
+#: copy at least twofold (antialiased), which the full-size rendering matches to rounding.
 OVERSAMPLING = 2.0
+#: How much smaller each copy of a photo is than the previous one: every crop reduces its copy by a factor between
+#: OVERSAMPLING and OVERSAMPLING × LEVEL_STEP.
+LEVEL_STEP = math.sqrt(2.0)
 
 
 def as_photos(images: Any, *, image_column: str = "image", max_images: int | None = None) -> list[Image.Image]:
@@ -107,11 +113,12 @@ class CropSet:
         """Crops ``indices`` as a float ``(B, 3, H, W)`` tensor in [0, 1] (bicubic, antialiased resize)."""
         height, width = self.image_size
         arrays = [self._render_one(i, (width, height)) for i in np.arange(len(self))[indices]]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+        # Channels first in memory too: g_θ's and the normalisation's elementwise passes run 1.3-2.7× faster on it.
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
 
     def _render_one(self, index: int, size: tuple[int, int]) -> np.ndarray:
-        source = self._source(int(self.photo_index[index]))
-        return np.asarray(source.image.resize(size, Image.Resampling.BICUBIC, box=source.box(self.boxes[index])))
+        image, box = self._source(int(self.photo_index[index])).copy_for(self.boxes[index], size)
+        return np.asarray(image.resize(size, Image.Resampling.BICUBIC, box=box))
 
     def _source(self, photo_id: int) -> _Source:
         """Photo ``photo_id`` downscaled for its crops and padded for their context, made at its first crop."""
@@ -120,9 +127,17 @@ class CropSet:
             self._sources[photo_id] = _Source.for_crops(self.photos[photo_id], boxes, self.image_size)
         return self._sources[photo_id]
 
-    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        """The crops in order, ``batch_size`` at a time. Each batch is rendered on a background thread while the
-        caller works on the previous one (PIL resizes without the GIL), so rendering overlaps the encoder."""
+    def batches(self, batch_size: int, *, background: bool = False) -> Iterator[torch.Tensor]:
+        """The crops in order, ``batch_size`` at a time.
+
+        ``background``: render each batch on a thread while the caller works on the previous one (PIL resizes
+        without the GIL), so that rendering overlaps an encoder on an accelerator. Not for an encoder on the CPU:
+        there the thread takes cores from torch's own threads, and rendering in turn is faster (2 cores: 7.1 s
+        against 6.6 s for 2,048 crops, ``benchmarks/evaluation_speed.py``)."""
+        if not background:
+            for start in range(0, len(self), batch_size):
+                yield self.render(slice(start, start + batch_size))
+            return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crops") as renderer:
             pending = renderer.submit(self.render, slice(0, batch_size))
             for start in range(0, len(self), batch_size):
@@ -164,11 +179,13 @@ class CropSet:
 
 @dataclass(frozen=True)
 class _Source:
-    """What the crops of one photo are cut from: the photo resized by ``scale`` (x, y), then padded by ``offset``."""
+    """What the crops of one photo are cut from: the photo resized by ``scale`` (x, y), then padded by ``offset``
+    (level 0), and copies of that, each :data:`LEVEL_STEP` times smaller than the last, made when a crop needs one."""
 
     image: Image.Image
     scale: tuple[float, float]
     offset: tuple[int, int]
+    _levels: dict[int, Image.Image] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def for_crops(cls, photo: Image.Image, boxes: np.ndarray, image_size: tuple[int, int]) -> _Source:
@@ -194,7 +211,7 @@ class _Source:
         return cls(image, scale, (round(moved[0] - reach[0]), round(moved[1] - reach[1])))  # whole pixels
 
     def box(self, box: np.ndarray) -> tuple[float, float, float, float]:
-        """A box of the photo in the coordinates of :attr:`image`."""
+        """A box of the photo in the coordinates of :attr:`image` (level 0)."""
         (scale_x, scale_y), (offset_x, offset_y) = self.scale, self.offset
         left, top, right, bottom = (float(value) for value in box)
         return (
@@ -203,3 +220,27 @@ class _Source:
             right * scale_x + offset_x,
             bottom * scale_y + offset_y,
         )
+
+    def copy_for(
+        self, box: np.ndarray, size: tuple[int, int]
+    ) -> tuple[Image.Image, tuple[float, float, float, float]]:
+        """The smallest copy that renders the photo's ``box`` at ``size`` (width, height) from at least
+        :data:`OVERSAMPLING` times its pixels, and the box in that copy's coordinates."""
+        left, top, right, bottom = self.box(box)
+        reduction_x, reduction_y = (right - left) / size[0], (bottom - top) / size[1]  # from level 0
+        level = max(0, math.floor(math.log(min(reduction_x, reduction_y) / OVERSAMPLING, LEVEL_STEP)))
+        while level > 0:
+            image = self._level(level)
+            shrink_x, shrink_y = image.width / self.image.width, image.height / self.image.height
+            if min(reduction_x * shrink_x, reduction_y * shrink_y) >= OVERSAMPLING:  # levels are whole pixels
+                return image, (left * shrink_x, top * shrink_y, right * shrink_x, bottom * shrink_y)
+            level -= 1
+        return self.image, (left, top, right, bottom)
+
+    def _level(self, level: int) -> Image.Image:
+        """Level 0 resized by LEVEL_STEP^-level (made from level 0, once)."""
+        if level not in self._levels:
+            factor = LEVEL_STEP**-level
+            size = (max(1, round(self.image.width * factor)), max(1, round(self.image.height * factor)))
+            self._levels[level] = self.image.resize(size, Image.Resampling.BICUBIC)
+        return self._levels[level]

@@ -97,7 +97,7 @@ def family_configs(names: Sequence[str], dataset: Any = None) -> dict[str, Trans
 
 
 # Bump when the feature-extraction pipeline changes, so old cache entries are not reused.
-_CACHE_VERSION = 3  # 3: crops cut from a downscaled copy of each photo (crops.py)
+_CACHE_VERSION = 4  # 3: crops cut from a downscaled copy of each photo; 4: from the smallest copy they need
 
 
 def _family_configs(
@@ -421,7 +421,7 @@ def _extract_missing(
     chunks: dict[str | None, dict[str, list[torch.Tensor]]] = {name: {} for name in missing}
     description = f"encoding {len(crops)} crops × {len(missing)} ({', '.join(n or 'identity' for n in missing)})"
     batches = tqdm(
-        crops.batches(batch_size),
+        crops.batches(batch_size, background=extractor.device.type != "cpu"),
         total=crops.num_batches(batch_size),
         desc=description,
         unit="batch",
@@ -437,8 +437,9 @@ def _extract_missing(
                 config = configs[name]
                 theta = params[name][rows].to(context.device)
                 if config.is_geometric and context.shape[-2:] != crop.shape[-2:]:
-                    images, valid = apply_transformation(context, theta, config, view_size=spec.image_size)
-                    images, valid = center_crop(images, spec.image_size), center_crop(valid, spec.image_size)
+                    images, valid = apply_transformation(
+                        context, theta, config, view_size=spec.image_size, crop_to_view=True
+                    )
                     if bool((valid < 1).any()):  # would let θ leak through fill; the margin is computed to avoid it
                         raise RuntimeError(f"{name}: the context margin does not cover the transformation.")
                 else:

@@ -251,10 +251,15 @@ def make_transformed_pair(
     all_params = (params[:, None, :] * scales[None, :, None]).reshape(batch * steps, -1)
     all_images = base.unsqueeze(1).expand(batch, steps, channels, height, width).reshape(-1, channels, height, width)
     out, mask = apply_transformation(
-        all_images, all_params, config, image_mean=image_mean, image_std=image_std, view_size=output_size
+        all_images,
+        all_params,
+        config,
+        image_mean=image_mean,
+        image_std=image_std,
+        view_size=output_size,
+        crop_to_view=output_size is not None,
     )
     if output_size is not None:
-        out, mask = center_crop(out, output_size), center_crop(mask, output_size)
         height = width = output_size
     out = out.view(batch, steps, channels, height, width)
     mask = mask.view(batch, steps, 1, height, width)
@@ -274,6 +279,7 @@ def apply_transformation(
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
     view_size: int | tuple[int, int] | None = None,
+    crop_to_view: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply g_θ with one parameter vector per example.
 
@@ -285,6 +291,9 @@ def apply_transformation(
         config: the family and its conventions.
         view_size: side (or (height, width)) of the centred view that pixel-valued parameters refer to, when the
             images carry a context margin around it (default: the image size).
+        crop_to_view: return only the centred ``view_size`` window (the margin is read, not returned). Equal to
+            transforming the whole image and cropping it with :func:`~.context.center_crop`, and cheaper: a final
+            warp samples the view's pixels only.
 
     Returns:
         ``(transformed, valid_mask)``: the images in the same space and dtype as the input, and a
@@ -294,10 +303,15 @@ def apply_transformation(
     _check_inputs(images, params, config)
     if "color" in config.steps and images.shape[1] != 3:
         raise ValueError(f"colour transformations need 3-channel RGB images, got {images.shape[1]} channels")
+    view = tuple(images.shape[-2:]) if view_size is None else _pair(view_size)
+    if crop_to_view:
+        if view[0] > images.shape[-2] or view[1] > images.shape[-1]:
+            raise ValueError(f"crop_to_view: the view {view} must fit in the images {tuple(images.shape[-2:])}")
     if images.shape[0] == 0:
-        return images.clone(), images.new_ones(0, 1, *images.shape[2:])
+        empty = images.new_ones(0, 1, *images.shape[2:])
+        return (center_crop(images, view), center_crop(empty, view)) if crop_to_view else (images.clone(), empty)
     with _autocast_disabled(images.device):  # sub-pixel warps and blur weights need full precision
-        out, mask = _apply(images, params, config, image_mean, image_std, view_size)
+        out, mask = _apply(images, params, config, image_mean, image_std, view_size, crop_to_view)
     return out, mask
 
 
@@ -308,6 +322,7 @@ def _apply(
     image_mean: Sequence[float] | None,
     image_std: Sequence[float] | None,
     view_size: int | tuple[int, int] | None,
+    crop_to_view: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     compute_dtype = _compute_dtype(images.dtype)
     x = images.to(compute_dtype)
@@ -316,9 +331,7 @@ def _apply(
     if mean is not None:
         x = x * std + mean
 
-    if view_size is None:
-        view_size = tuple(x.shape[-2:])
-    view_height, view_width = (view_size, view_size) if isinstance(view_size, int) else view_size
+    view_height, view_width = tuple(x.shape[-2:]) if view_size is None else _pair(view_size)
     scale = (view_width / config.reference_size, view_height / config.reference_size)  # pixels per reference pixel
     mask: torch.Tensor | None = None  # None = every pixel valid
     offset = 0
@@ -337,8 +350,11 @@ def _apply(
             x = adjust_color(x, step_params)
         else:  # blur
             x, mask = blur(x, mask, step_params[:, 0], scale)
-    if pending_geometric:
-        x, mask = warp(x, mask, pending_geometric, scale)
+    view = (view_height, view_width)
+    if pending_geometric:  # the last step: with crop_to_view, only the view's pixels are sampled
+        x, mask = warp(x, mask, pending_geometric, scale, window=view if crop_to_view else None)
+    elif crop_to_view:
+        x, mask = center_crop(x, view), None if mask is None else center_crop(mask, view)
 
     if mean is not None:
         x = (x - mean) / std
@@ -370,6 +386,10 @@ def _autocast_disabled(device: torch.device) -> contextlib.AbstractContextManage
     if torch.is_autocast_enabled(device.type):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
