@@ -1,6 +1,7 @@
 """The equivariance R² benchmark: the regression half on synthetic features, then the whole pipeline."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -427,3 +428,5 @@ def test_crops_come_in_the_same_batches_rendered_in_turn_or_in_the_background():
         batches = list(crops.batches(4, background=background))
         assert [len(batch) for batch in batches] == [4, 4, 2]
         assert torch.equal(torch.cat(batches), expected)
+    with ThreadPoolExecutor(max_workers=3) as pool:  # the resizes of one batch on several threads
+        assert torch.equal(crops.render(slice(None), pool), expected)

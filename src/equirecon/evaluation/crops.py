@@ -109,16 +109,22 @@ class CropSet:
     def __len__(self) -> int:
         return len(self.photo_index)
 
-    def render(self, indices: Sequence[int] | slice) -> torch.Tensor:
-        """Crops ``indices`` as a float ``(B, 3, H, W)`` tensor in [0, 1] (bicubic, antialiased resize)."""
+    def render(self, indices: Sequence[int] | slice, pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
+        """Crops ``indices`` as a float ``(B, 3, H, W)`` tensor in [0, 1] (bicubic, antialiased resize), their resizes
+        spread over ``pool``'s threads if given (PIL resizes without the GIL)."""
         height, width = self.image_size
-        arrays = [self._render_one(i, (width, height)) for i in np.arange(len(self))[indices]]
+        size = (width, height)
+        # Which copy each crop is cut from is decided here, on one thread; only the resizes run on the pool.
+        jobs = [
+            self._source(int(self.photo_index[i])).copy_for(self.boxes[i], size) for i in np.arange(len(self))[indices]
+        ]
+
+        def cut(job: tuple[Image.Image, tuple[float, float, float, float]]) -> np.ndarray:
+            return np.asarray(job[0].resize(size, Image.Resampling.BICUBIC, box=job[1]))
+
+        arrays = list(pool.map(cut, jobs)) if pool is not None else [cut(job) for job in jobs]
         # Channels first in memory too: g_θ's and the normalisation's elementwise passes run 1.3-2.7× faster on it.
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
-
-    def _render_one(self, index: int, size: tuple[int, int]) -> np.ndarray:
-        image, box = self._source(int(self.photo_index[index])).copy_for(self.boxes[index], size)
-        return np.asarray(image.resize(size, Image.Resampling.BICUBIC, box=box))
 
     def _source(self, photo_id: int) -> _Source:
         """Photo ``photo_id`` downscaled for its crops and padded for their context, made at its first crop."""
@@ -130,13 +136,17 @@ class CropSet:
     def batches(self, batch_size: int, *, background: bool = False) -> Iterator[torch.Tensor]:
         """The crops in order, ``batch_size`` at a time.
 
-        ``background``: render each batch on a thread while the caller works on the previous one (PIL resizes
-        without the GIL), so that rendering overlaps an encoder on an accelerator. Not for an encoder on the CPU:
-        there the thread takes cores from torch's own threads, and rendering in turn is faster (2 cores: 7.1 s
-        against 6.6 s for 2,048 crops, ``benchmarks/evaluation_speed.py``)."""
+        By default each batch is rendered when asked for, on as many threads as torch uses: an encoder on the CPU
+        then has every core for its forward and rendering every core for its resizes, in turn. ``background``:
+        render each batch on one thread while the caller works on the previous one, so that rendering overlaps an
+        encoder on an accelerator; not for an encoder on the CPU, where that thread takes a core from torch's
+        threads (2 cores, 2,048 crops × 5 passes: 7.1 s against 6.6 s rendering in turn on one thread,
+        docs/results.md)."""
         if not background:
-            for start in range(0, len(self), batch_size):
-                yield self.render(slice(start, start + batch_size))
+            threads = torch.get_num_threads()
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="crops") as pool:
+                for start in range(0, len(self), batch_size):
+                    yield self.render(slice(start, start + batch_size), pool if threads > 1 else None)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crops") as renderer:
             pending = renderer.submit(self.render, slice(0, batch_size))
