@@ -77,7 +77,7 @@ def evaluate_equivariance(
     command's default. Inputs are normalised as `image_processor`, the run's, says (a warm start keeps its
     checkpoint's statistics)."""
     from ..evaluation import FeatureCache, InputSpec, RegressorConfig, run_equivariance_benchmark
-    from ..evaluation.arguments import EquivarianceArguments, EvaluateModelArguments, EvaluateRunArguments
+    from ..evaluation.arguments import DEFAULT_PRECISION, DEFAULT_SEED, EquivarianceArguments
     from ..evaluation.equivariance import dataset_settings, family_configs
 
     chosen = {
@@ -86,8 +86,6 @@ def evaluate_equivariance(
         "epochs": evaluation_args.equivariance_epochs,
     }
     protocol = replace(EquivarianceArguments(), **{name: value for name, value in chosen.items() if value is not None})
-    benchmark_seed = EvaluateRunArguments().seed
-    precision = EvaluateModelArguments(model="").precision
     settings = dataset_settings(data_args.dataset)
 
     # Photos the encoder was not pretrained on.
@@ -113,10 +111,10 @@ def evaluate_equivariance(
                 regressor=RegressorConfig(epochs=protocol.epochs, patience=protocol.patience),
                 max_images=evaluation_args.equivariance_max_images,
                 image_column=data_args.image_column or "image",
-                seed=benchmark_seed,
+                seed=DEFAULT_SEED,
                 cache=cache,
                 shuffled_control=shuffled_control and feature == features[0],
-                precision=precision,
+                precision=DEFAULT_PRECISION,
             )
             for feature in features
         }

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from .features import FEATURE_KINDS
 
 __all__ = [
+    "DEFAULT_PRECISION",
+    "DEFAULT_SEED",
     "TASK_ARGUMENTS",
     "EquivarianceArguments",
     "EvaluateDataArguments",
@@ -18,6 +20,12 @@ __all__ = [
 ]
 
 _EQUIVARIANCE_FAMILIES = ("rotation", "color", "blur", "translation", "se2")
+
+
+#: `--precision`'s default, which `equirecon pretrain`'s closing benchmark uses too.
+DEFAULT_PRECISION = "auto"
+#: `--seed`'s default: the seed of `equirecon pretrain`'s closing benchmark, so the card and the command agree.
+DEFAULT_SEED = 0
 
 
 @dataclass
@@ -34,7 +42,7 @@ class EvaluateModelArguments:
     )
     batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
     precision: str = field(
-        default="auto",
+        default=DEFAULT_PRECISION,
         metadata={
             "help": "Arithmetic of the forward passes (and the θ regressors' training steps): 'auto' is bfloat16 "
             "autocast where the device has bfloat16 matrix units (CUDA, CPUs with AMX), else float32.",
@@ -86,7 +94,7 @@ class EvaluateDataArguments:
 class EvaluateRunArguments:
     """Reproducibility and output."""
 
-    seed: int = field(default=0, metadata={"help": "Seed of splits, subsets and fits."})
+    seed: int = field(default=DEFAULT_SEED, metadata={"help": "Seed of splits, subsets and fits."})
     output: str | None = field(default=None, metadata={"help": "Write the results JSON here (else print it)."})
     no_progress: bool = field(default=False, metadata={"help": "Hide progress bars."})
 
