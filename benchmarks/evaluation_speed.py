@@ -121,6 +121,7 @@ def main() -> None:
     for dataset in ["embedded", *(args.dataset or [])]:
         photos = photos_of(dataset)
         sizes = sorted(photo.shape[0] * photo.shape[1] for photo in photos)
+        median_megapixels = sizes[len(sizes) // 2] / 1e6
         for precision in precisions:
             forwards, encodeds = [], []
             for _ in range(args.repeats):  # each pass between two forward timings; the medians are reported
@@ -131,7 +132,6 @@ def main() -> None:
                 encodeds.append(args.num_crops * passes / seconds)
             ratio = statistics.median(e / f for e, f in zip(encodeds, forwards, strict=True))
             forward, encoded = statistics.median(forwards), statistics.median(encodeds)
-            median_megapixels = sizes[len(sizes) // 2] / 1e6
             rows.append(
                 (dataset, len(photos), median_megapixels, precision, forward, encoded / passes, encoded, ratio)
             )

@@ -44,12 +44,8 @@ _FAULTS = textwrap.dedent(
 
 @on_glibc
 def test_freed_buffers_are_not_faulted_back_in():
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "LD_PRELOAD")
-    }
-    environment.pop("EQUIRECON_KEEP_FREED_MEMORY", None)
+    left_out = {*host_memory._OPERATOR_SETTINGS, "LD_PRELOAD", "EQUIRECON_KEEP_FREED_MEMORY"}
+    environment = {key: value for key, value in os.environ.items() if key not in left_out}
     result = subprocess.run(
         [sys.executable, "-c", _FAULTS], env=environment, capture_output=True, text=True, timeout=120, check=True
     )

@@ -304,14 +304,13 @@ def apply_transformation(
     if "color" in config.steps and images.shape[1] != 3:
         raise ValueError(f"colour transformations need 3-channel RGB images, got {images.shape[1]} channels")
     view = tuple(images.shape[-2:]) if view_size is None else _pair(view_size)
-    if crop_to_view:
-        if view[0] > images.shape[-2] or view[1] > images.shape[-1]:
-            raise ValueError(f"crop_to_view: the view {view} must fit in the images {tuple(images.shape[-2:])}")
+    if crop_to_view and (view[0] > images.shape[-2] or view[1] > images.shape[-1]):
+        raise ValueError(f"crop_to_view: the view {view} must fit in the images {tuple(images.shape[-2:])}")
     if images.shape[0] == 0:
         empty = images.new_ones(0, 1, *images.shape[2:])
         return (center_crop(images, view), center_crop(empty, view)) if crop_to_view else (images.clone(), empty)
     with _autocast_disabled(images.device):  # sub-pixel warps and blur weights need full precision
-        out, mask = _apply(images, params, config, image_mean, image_std, view_size, crop_to_view)
+        out, mask = _apply(images, params, config, image_mean, image_std, view, crop_to_view)
     return out, mask
 
 
@@ -321,7 +320,7 @@ def _apply(
     config: TransformationConfig,
     image_mean: Sequence[float] | None,
     image_std: Sequence[float] | None,
-    view_size: int | tuple[int, int] | None,
+    view: tuple[int, int],
     crop_to_view: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     compute_dtype = _compute_dtype(images.dtype)
@@ -331,7 +330,7 @@ def _apply(
     if mean is not None:
         x = x * std + mean
 
-    view_height, view_width = tuple(x.shape[-2:]) if view_size is None else _pair(view_size)
+    view_height, view_width = view
     scale = (view_width / config.reference_size, view_height / config.reference_size)  # pixels per reference pixel
     mask: torch.Tensor | None = None  # None = every pixel valid
     offset = 0
@@ -350,7 +349,6 @@ def _apply(
             x = adjust_color(x, step_params)
         else:  # blur
             x, mask = blur(x, mask, step_params[:, 0], scale)
-    view = (view_height, view_width)
     if pending_geometric:  # the last step: with crop_to_view, only the view's pixels are sampled
         x, mask = warp(x, mask, pending_geometric, scale, window=view if crop_to_view else None)
     elif crop_to_view:
